@@ -1,0 +1,3 @@
+from capro.cli import main
+
+raise SystemExit(main())

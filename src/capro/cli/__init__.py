@@ -1,0 +1,54 @@
+"""The ``capro`` command. A thin layer: each subcommand parses its arguments and calls the library.
+
+Every subcommand lives in its own module under ``capro.cli`` exposing ``register(subparsers)``,
+which adds its parser and sets ``func`` (``args -> exit code``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from capro import __version__
+from capro.errors import CaproError
+
+# Order is the order shown by ``capro --help``.
+COMMANDS = (
+    "demo", "run", "simulate", "validate", "convert", "text", "graph", "train",
+    "clean", "evaluate", "predict", "export", "report",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capro",
+        description="Learn image classifiers from web-crawled images and their text (CAPro).",
+    )
+    parser.add_argument("--version", action="version", version=f"capro {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"capro.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"capro.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CaproError as exc:
+        print(f"capro {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"capro {args.command}: interrupted", file=sys.stderr)
+        return 130

