@@ -1,0 +1,124 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from capro.cleaning import clean_batch, clean_batch_multilabel, cleaning_scores
+
+
+def test_cleaning_scores_mix():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    proto = torch.tensor([[0.0, 5.0, 0.0]])
+    got = cleaning_scores(logits, proto, alpha=0.25)
+    expected = 0.25 * F.softmax(logits, 1) + 0.75 * F.softmax(proto, 1)
+    assert torch.allclose(got, expected)
+
+
+def test_clean_batch_hand_cases():
+    # C = 4, tau = 0.6, 1/C = 0.25 (exactly representable).
+    scores = torch.tensor(
+        [
+            [0.25, 0.25, 0.25, 0.25],  # 0: s[y] == 1/C -> kept (>=)
+            [0.24, 0.36, 0.20, 0.20],  # 1: s[y] < 1/C, max < tau -> removed
+            [0.10, 0.60, 0.15, 0.15],  # 2: max == tau, argmax 1 != y 0 -> relabelled to 1
+            [0.70, 0.10, 0.10, 0.10],  # 3: max >= tau, argmax == y -> kept, not relabelled
+            [0.05, 0.05, 0.85, 0.05],  # 4: anchor, confident other class -> kept as is
+            [0.01, 0.50, 0.49, 0.00],  # 5: anchor with tiny s[y] -> kept
+            [0.30, 0.62, 0.04, 0.04],  # 6: s[y] >= 1/C but relabel rule first -> relabelled
+        ],
+        dtype=torch.float64,
+    )
+    target = torch.tensor([0, 0, 0, 0, 0, 0, 0])
+    anchor = torch.tensor([False, False, False, False, True, True, False])
+    r = clean_batch(scores, target, pseudo_th=0.6, anchor=anchor)
+    assert r.target.tolist() == [0, 0, 1, 0, 0, 0, 1]
+    assert r.kept.tolist() == [True, False, False, True, True, True, False]
+    assert r.relabeled.tolist() == [False, False, True, False, False, False, True]
+    assert r.clean.tolist() == [True, False, True, True, True, True, True]
+    no_anchor = clean_batch(scores, target, pseudo_th=0.6)
+    assert no_anchor.target.tolist() == [0, 0, 1, 0, 2, 0, 1]
+    assert no_anchor.relabeled[4] and not no_anchor.clean[5]
+
+
+def test_clean_batch_matches_loop_on_random_scores():
+    g = torch.Generator().manual_seed(3)
+    b, c, tau = 200, 5, 0.5
+    scores = F.softmax(torch.randn(b, c, generator=g) * 2, 1)
+    target = torch.randint(0, c, (b,), generator=g)
+    anchor = torch.rand(b, generator=g) < 0.2
+    r = clean_batch(scores, target, pseudo_th=tau, anchor=anchor)
+    for i in range(b):
+        s = scores[i].tolist()
+        y = int(target[i])
+        top = max(range(c), key=lambda j: s[j])
+        if anchor[i]:
+            exp_y, exp_keep, exp_rel = y, True, False
+        elif s[top] >= tau and top != y:
+            exp_y, exp_keep, exp_rel = top, False, True
+        else:
+            exp_y, exp_keep, exp_rel = y, s[y] >= 1 / c, False
+        assert (int(r.target[i]), bool(r.kept[i]), bool(r.relabeled[i])) == (exp_y, exp_keep, exp_rel)
+        assert bool(r.clean[i]) == (exp_keep or exp_rel)
+
+
+def test_clean_batch_multilabel_hand_case():
+    # C = 4 -> 1/C = 0.25, tau = 0.9.
+    pos = torch.tensor(
+        [
+            [0.95, 0.50, 0.10, 0.80],
+            [0.20, 0.05, 0.99, 0.50],
+        ],
+        dtype=torch.float64,
+    )
+    target = torch.tensor([[0.0, 1.0, 1.0, -1.0], [1.0, 0.0, 1.0, 0.0]])
+    anchor = torch.tensor([[0, 0, 0, 0], [-1, 0, 0, 0]], dtype=torch.int8)
+    r = clean_batch_multilabel(pos, target, pseudo_th=0.9, num_classes=4, anchor=anchor)
+    # row 0: c0 neg with s_pos .95 -> flip to 1; c1 pos .5 kept; c2 pos .10 < .25, s_neg .90 -> flip
+    #        to 0; c3 was removed (-1) -> stays -1.
+    # row 1: c0 anchor -> kept as 1 although s_pos .2 < .25; c1 neg s_neg .95 kept;
+    #        c2 pos kept; c3 neg, s_neg .5 kept.
+    assert r.target.tolist() == [[1.0, 1.0, 0.0, -1.0], [1.0, 0.0, 1.0, 0.0]]
+    assert r.flipped.tolist() == [[True, False, True, False], [False, False, False, False]]
+    assert r.clean.tolist() == [True, True]
+    removed = clean_batch_multilabel(
+        torch.tensor([[0.20, 0.80]]), torch.tensor([[1.0, 0.0]]), pseudo_th=0.9, num_classes=4
+    )
+    # s_pos .2 < .25 and s_neg .8 < .9 (drop positive); s_neg .2 < .25 and s_pos .8 < .9 (drop
+    # negative): nothing kept or flipped.
+    assert removed.target.tolist() == [[-1.0, -1.0]]
+    assert removed.clean.tolist() == [False]
+
+
+def test_clean_batch_multilabel_boundary_is_inclusive():
+    pos = torch.tensor([[0.25, 0.75, 0.9]], dtype=torch.float64)
+    target = torch.tensor([[1.0, 0.0, 0.0]])
+    r = clean_batch_multilabel(pos, target, pseudo_th=0.9, num_classes=4)
+    assert r.target.tolist() == [[1.0, 0.0, 1.0]]
+    assert r.flipped.tolist() == [[False, False, True]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clean_batch_multilabel_matches_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    b, c, tau = 30, 6, 0.7
+    pos = torch.rand(b, c, generator=g, dtype=torch.float64)
+    target = torch.randint(-1, 2, (b, c), generator=g).float()
+    anchor = (torch.randint(-1, 2, (b, c), generator=g) * (torch.rand(b, c, generator=g) < 0.2))
+    anchor = anchor.to(torch.int8)
+    r = clean_batch_multilabel(pos, target, pseudo_th=tau, num_classes=c, anchor=anchor)
+    for i in range(b):
+        any_valid = False
+        for k in range(c):
+            sp = float(pos[i, k])
+            sn = 1.0 - sp
+            y = float(target[i, k])
+            a = int(anchor[i, k]) != 0
+            keep = (y == 1 and sp >= 1 / c) or (y == 0 and sn >= 1 / c) or a
+            up = y == 0 and sp >= tau and not a
+            down = y == 1 and sn >= tau and not a
+            new = 1.0 if up else 0.0 if down else y
+            if not (keep or up or down):
+                new = -1.0
+            any_valid |= keep or up or down
+            assert float(r.target[i, k]) == new
+            assert bool(r.flipped[i, k]) == (up or down)
+        assert bool(r.clean[i]) == any_valid
