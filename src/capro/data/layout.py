@@ -12,16 +12,18 @@
                         "noise" (which kind of noise the sample got)
 
 Parsing is pure: :func:`parse_classes` and :func:`parse_row` turn decoded JSON into typed records
-or raise :class:`RowError` with the reason. :func:`read_split` reads a whole manifest and returns
+or raise :class:`ClassesError` / :class:`RowError` with the reason. :func:`read_split` reads a whole manifest and returns
 the good records plus one :class:`Problem` per bad line (file, line number, id, reason). Image
 files are checked by :mod:`capro.data.validate`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,36 @@ class RowError(ValueError):
     """A manifest row is invalid; the message is the reason."""
 
 
+def decode_json(data: bytes | str) -> Any:
+    """``json.loads`` that raises :class:`RowError` with a one-line reason for any bad input
+    (bad UTF-8, bad syntax, nesting too deep, a number too long to convert)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise RowError("not valid UTF-8; re-save the file as UTF-8") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}" if exc.lineno > 1 else f"column {exc.colno}"
+        raise RowError(f"invalid JSON ({exc.msg} at {where})") from exc
+    except RecursionError as exc:
+        raise RowError("JSON nested too deeply") from exc
+    except ValueError as exc:
+        raise RowError(f"invalid JSON ({' '.join(str(exc).split())[:200]})") from exc
+
+
+class ClassesError(DataError):
+    """``classes.json`` is malformed. ``file``, ``line`` (0 when unknown) and ``reason`` are kept apart
+    so that validation can report it as a :class:`Problem`."""
+
+    def __init__(self, file: str, reason: str, *, line: int = 0) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.line, self.reason = file, line, reason
+
+    def to_problem(self) -> Problem:
+        return Problem(self.file, self.line, None, self.reason)
+
+
 @dataclass
 class Split:
     """The good records of one manifest, the problems found, and the class list it was read against."""
@@ -118,54 +150,59 @@ class Split:
 
 
 def parse_classes(data: Any, file: str = "classes.json") -> list[ClassInfo]:
-    """Validate decoded ``classes.json``; raise :class:`DataError` naming the entry and the fix."""
+    """Validate decoded ``classes.json``; raise :class:`ClassesError` naming the entry and the fix."""
     if not isinstance(data, list) or not data:
-        raise DataError(f"{file}: must be a non-empty JSON list of {{\"name\": ...}} objects")
+        raise ClassesError(file, "must be a non-empty JSON list of {\"name\": ...} objects")
     out: list[ClassInfo] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(data):
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, dict):
-            raise DataError(f"{file}: entry {i} must be an object with a \"name\", got {type(entry).__name__}")
+            raise ClassesError(file, f"entry {i} must be an object with a \"name\", got {type(entry).__name__}")
         unknown = set(entry) - {"name", "wnid", "definition"}
         if unknown:
-            raise DataError(f"{file}: entry {i} has unknown key(s) {sorted(unknown)}; allowed: name, wnid, definition")
+            raise ClassesError(file, f"entry {i} has unknown key(s) {sorted(unknown)}; allowed: name, wnid, definition")
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise DataError(f"{file}: entry {i} needs a non-empty string \"name\"")
+            raise ClassesError(file, f"entry {i} needs a non-empty string \"name\"")
         if name in seen:
-            raise DataError(f"{file}: entry {i} repeats the class name {name!r} (first at entry {seen[name]}); names must be unique")
+            raise ClassesError(file, f"entry {i} repeats the class name {name!r} (first at entry {seen[name]}); names must be unique")
         seen[name] = i
         wnid = entry.get("wnid")
         if wnid is not None and (not isinstance(wnid, str) or not WNID_RE.match(wnid)):
-            raise DataError(f"{file}: entry {i} ({name!r}) has wnid {wnid!r}; expected 'n' followed by the 8-digit WordNet offset, e.g. n04197391")
+            raise ClassesError(file, f"entry {i} ({name!r}) has wnid {wnid!r}; expected 'n' followed by the 8-digit WordNet offset, e.g. n04197391")
         if wnid is not None:
             wnid = f"n{int(wnid[1:]):08d}"
         definition = entry.get("definition")
         if definition is not None and not isinstance(definition, str):
-            raise DataError(f"{file}: entry {i} ({name!r}) has a non-string \"definition\"")
+            raise ClassesError(file, f"entry {i} ({name!r}) has a non-string \"definition\"")
         out.append(ClassInfo(name=name, wnid=wnid, definition=definition))
     return out
 
 
 def read_classes(root: str | os.PathLike) -> list[ClassInfo]:
+    """Read and validate ``DATA/classes.json``; raise :class:`ClassesError` when it is malformed."""
     path = Path(root) / "classes.json"
+    fname = str(path)
     if not path.is_file():
-        raise DataError(f"{path}: missing; every dataset needs a classes.json (a list of {{\"name\": ...}})")
+        raise ClassesError(fname, "missing; every dataset needs a classes.json (a list of {\"name\": ...})")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 ({exc.reason}); re-save it as UTF-8") from exc
+        raise ClassesError(fname, f"not valid UTF-8 ({exc.reason}); re-save it as UTF-8") from exc
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from exc
+        raise ClassesError(fname, f"invalid JSON at column {exc.colno} ({exc.msg})", line=exc.lineno) from exc
     except RecursionError as exc:
-        raise DataError(f"{path}: JSON nested too deeply") from exc
-    return parse_classes(data, str(path))
+        raise ClassesError(fname, "JSON nested too deeply") from exc
+    except ValueError as exc:
+        raise ClassesError(fname, f"invalid JSON ({' '.join(str(exc).split())[:200]})") from exc
+    return parse_classes(data, fname)
 
 
-def _safe_relpath(image: str) -> bool:
+def is_safe_relpath(image: str) -> bool:
+    """True when ``image`` is a non-empty relative path that stays inside its base directory."""
     if not image or "\x00" in image:
         return False
     p = Path(image)
@@ -174,8 +211,12 @@ def _safe_relpath(image: str) -> bool:
     return ".." not in p.parts
 
 
-def parse_row(obj: Any, class_index: dict[str, int]) -> Record:
-    """Validate one decoded manifest row (without touching the image file)."""
+def parse_row(obj: Any, class_index: Mapping[str, int] | None) -> Record:
+    """Validate one decoded manifest row (without touching the image file).
+
+    ``class_index`` maps class names to ids; ``None`` skips the label-name check (used to keep
+    validating rows when ``classes.json`` itself is broken) and leaves ``labels`` empty.
+    """
     if not isinstance(obj, dict):
         raise RowError(f"a row must be a JSON object, got {type(obj).__name__}")
     for key in ("id", "image", "label"):
@@ -186,16 +227,18 @@ def parse_row(obj: Any, class_index: dict[str, int]) -> Record:
         raise RowError("field \"id\" must be a non-empty string")
     if not isinstance(image, str):
         raise RowError("field \"image\" must be a string path relative to the dataset directory")
-    if not _safe_relpath(image):
+    if not is_safe_relpath(image):
         raise RowError(f"image path {image[:200]!r} escapes the dataset directory; use a relative path inside it")
     multi = isinstance(label, list)
     names = label if multi else [label]
-    if not names and not multi:
-        raise RowError("field \"label\" is empty")
+    if not names:
+        raise RowError("field \"label\" is an empty list; give at least one class name")
     labels: list[int] = []
     for name in names:
         if not isinstance(name, str):
             raise RowError("field \"label\" must be a class name or a list of class names")
+        if class_index is None:
+            continue
         if name not in class_index:
             raise RowError(f"unknown label {name[:200]!r}; it is not a name in classes.json")
         if class_index[name] not in labels:
@@ -219,14 +262,16 @@ def parse_row(obj: Any, class_index: dict[str, int]) -> Record:
 
 
 def read_split(root: str | os.PathLike, split: str, classes: list[ClassInfo] | None = None,
-               *, manifest: str | os.PathLike | None = None) -> Split:
+               *, manifest: str | os.PathLike | None = None, check_labels: bool = True) -> Split:
     """Read ``DATA/<split>.jsonl`` (or ``manifest``); bad lines become :class:`Problem` entries.
 
     Duplicate ids are problems on the second and later occurrences. Image files are not opened here.
+    ``check_labels=False`` accepts any label names (``classes`` is then not read).
     """
     root = Path(root)
-    classes = read_classes(root) if classes is None else classes
-    index = {c.name: i for i, c in enumerate(classes)}
+    if check_labels and classes is None:
+        classes = read_classes(root)
+    index = {c.name: i for i, c in enumerate(classes)} if check_labels else None
     path = Path(manifest) if manifest is not None else root / f"{split}.jsonl"
     fname = str(path)
     if not path.is_file():
@@ -242,17 +287,9 @@ def read_split(root: str | os.PathLike, split: str, classes: list[ClassInfo] | N
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                problems.append(Problem(fname, lineno, None, "not valid UTF-8; re-save the file as UTF-8"))
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(fname, lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"))
-                continue
-            except RecursionError:
-                problems.append(Problem(fname, lineno, None, "JSON nested too deeply"))
+                obj = decode_json(raw)
+            except RowError as exc:
+                problems.append(Problem(fname, lineno, None, str(exc)))
                 continue
             rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
             try:
@@ -264,9 +301,10 @@ def read_split(root: str | os.PathLike, split: str, classes: list[ClassInfo] | N
                 problems.append(Problem(fname, lineno, rec.id, f"duplicate id (first at line {seen[rec.id]})"))
                 continue
             seen[rec.id] = lineno
-            records.append(Record(**{**rec.__dict__, "line": lineno}))
-    return Split(name=split, records=records, problems=problems, classes=classes)
+            records.append(dataclasses.replace(rec, line=lineno))
+    return Split(name=split, records=records, problems=problems, classes=classes or [])
 
 
 def available_splits(root: str | os.PathLike) -> list[str]:
+    """The standard splits whose manifest exists under ``root``, in :data:`SPLITS` order."""
     return [s for s in SPLITS if (Path(root) / f"{s}.jsonl").is_file()]
