@@ -6,7 +6,7 @@ from sklearn.metrics import average_precision_score
 
 from capro.eval.multilabel import multilabel_metrics
 
-GOLDEN = Path("/work/shared/fixtures/capro_released_golden.npz")
+GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "capro_released_golden.npz"
 NAMES = {"C-P": "CP", "C-R": "CR", "C-F1": "CF1", "O-P": "OP", "O-R": "OR", "O-F1": "OF1",
          "mAP-micro": "mAP_micro"}
 

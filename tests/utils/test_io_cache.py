@@ -51,3 +51,13 @@ def test_fingerprint_tracks_params_and_files(tmp_path):
     assert is_done(step, fp)
     f.write_text("two!")
     assert not is_done(step, fingerprint({"k": 20}, files=[f]))
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "m.json"
+    io.write_json(target, {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

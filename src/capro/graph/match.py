@@ -1,0 +1,163 @@
+"""Text matching and anchor selection (§3.3).
+
+Per class c, the gallery is the (enhanced) texts of the samples whose web label is c and the
+probe is the class's textual prototype; each sample's text distance is the k-reciprocal
+re-ranked distance to that prototype (``method="rerank"``) or ``1 - cosine`` (``"cosine"``).
+Texts and prototypes are L2-normalised first. The K closest samples of each class become its
+anchors (D_K); multi-label data also gets the farthest ones as negative anchors.
+
+Examples:
+    >>> dist = text_distances(enhanced, prototypes, labels, method="rerank")
+    >>> domain = select_anchors(dist, labels, num_classes=C, topk=50)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from capro.graph.knn import normalize_rows
+from capro.graph.rerank import re_ranking
+
+METHODS = ("rerank", "cosine")
+ANCHOR_MODES = ("text", "random")
+
+
+def text_cosine(text: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Cosine [N, C] float32 between every text [N, D] and every prototype [C, D]."""
+    return normalize_rows(text) @ normalize_rows(prototypes).T
+
+
+def _class_members(labels: np.ndarray, c: int) -> np.ndarray:
+    if labels.ndim == 1:
+        return np.flatnonzero(labels == c)
+    return np.flatnonzero(labels[:, c])
+
+
+def text_distances(text: np.ndarray, prototypes: np.ndarray, labels: np.ndarray, *,
+                   method: str = "rerank", k1: int = 20, k2: int = 6, lam: float = 0.3,
+                   device: str = "cpu", progress: bool = False) -> np.ndarray:
+    """Distance of each sample's text to the prototype of each of its web labels.
+
+    Args:
+        text: [N, D] (enhanced) text embeddings.
+        prototypes: [C, D] textual prototypes.
+        labels: [N] int web labels (single-label) or [N, C] bool multi-hot web labels.
+        method: ``rerank`` (per class: probe = prototype, gallery = that class's samples) or
+            ``cosine`` (1 - cosine).
+
+    Returns:
+        [N] float32 (single-label; nan for a label outside 0..C-1), or [N, C] float32 with nan
+        where c is not a web label of the sample.
+    """
+    if method not in METHODS:
+        raise ValueError(f"text matching method {method!r}; choose from {', '.join(METHODS)}")
+    text = normalize_rows(text)
+    protos = normalize_rows(prototypes)
+    labels = np.asarray(labels)
+    num_classes = protos.shape[0]
+    out = np.full(labels.shape, np.nan, dtype=np.float32)
+    classes = range(num_classes)
+    if progress:
+        from tqdm import tqdm
+
+        from capro.utils.dist import is_main
+
+        classes = tqdm(classes, desc="text matching", disable=not is_main())
+    for c in classes:
+        members = _class_members(labels, c)
+        if len(members) == 0:
+            continue
+        if method == "cosine":
+            dist = 1.0 - text[members] @ protos[c]
+        else:
+            dist = re_ranking(protos[c:c + 1], text[members], k1=k1, k2=k2, lam=lam, device=device)[0]
+        if labels.ndim == 1:
+            out[members] = dist
+        else:
+            out[members, c] = dist
+    return out
+
+
+def _warn_small(small: list[tuple[int, int]], topk: int, class_names: list[str] | None) -> None:
+    if not small:
+        return
+    shown = ", ".join(f"{class_names[c] if class_names else c} ({n})" for c, n in small[:10])
+    more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+    warnings.warn(f"{len(small)} class(es) have fewer than K={topk} samples with that web label, so "
+                  f"all of them become anchors: {shown}{more}", UserWarning, stacklevel=3)
+
+
+def select_anchors(distance: np.ndarray, labels: np.ndarray, *, num_classes: int, topk: int = 50,
+                   mode: str = "text", seed: int = 0,
+                   class_names: list[str] | None = None) -> np.ndarray:
+    """Single-label anchors: per class, the ``topk`` samples of that web label closest in text.
+
+    Classes with fewer samples take all of them, with one warning naming them. ``mode="random"``
+    draws ``topk`` per class with a seeded generator instead (the random-anchor ablation).
+    Ties in distance go to the lower index.
+
+    Args:
+        distance: [N] text distance to the own web label's prototype.
+        labels: [N] int web labels.
+
+    Returns:
+        domain [N] int8: 1 = anchor, 0 = not.
+    """
+    if mode not in ANCHOR_MODES:
+        raise ValueError(f"anchor mode {mode!r}; choose from {', '.join(ANCHOR_MODES)}")
+    rng = np.random.default_rng(seed)
+    domain = np.zeros(len(labels), dtype=np.int8)
+    small: list[tuple[int, int]] = []
+    for c in range(num_classes):
+        members = _class_members(np.asarray(labels), c)
+        if len(members) < topk:
+            small.append((c, len(members)))
+        take = min(topk, len(members))
+        if mode == "random":
+            chosen = rng.choice(members, size=take, replace=False)
+        else:
+            chosen = members[np.argsort(distance[members], kind="stable")[:take]]
+        domain[chosen] = 1
+    _warn_small(small, topk, class_names)
+    return domain
+
+
+def select_anchors_multilabel(distance: np.ndarray, web: np.ndarray, *, topk: int = 50,
+                              negative: bool = True, mode: str = "text", seed: int = 0,
+                              class_names: list[str] | None = None) -> np.ndarray:
+    """Multi-label anchors: per class, positives = the ``topk`` closest samples carrying that web
+    label; negatives = the last ``min(n - topk, topk)`` of them (the farthest), §3.3 item 5.
+
+    ``mode="random"`` draws the positives at random and the negatives at random from the rest.
+
+    Args:
+        distance: [N, C] text distances (nan where c is not a web label).
+        web: [N, C] bool multi-hot web labels.
+
+    Returns:
+        domain [N, C] int8: +1 positive anchor, -1 negative anchor, 0 neither.
+    """
+    if mode not in ANCHOR_MODES:
+        raise ValueError(f"anchor mode {mode!r}; choose from {', '.join(ANCHOR_MODES)}")
+    web = np.asarray(web, dtype=bool)
+    rng = np.random.default_rng(seed)
+    domain = np.zeros(web.shape, dtype=np.int8)
+    small: list[tuple[int, int]] = []
+    for c in range(web.shape[1]):
+        members = np.flatnonzero(web[:, c])
+        n = len(members)
+        if n < topk:
+            small.append((c, n))
+        if mode == "random":
+            ranked = rng.permutation(members)
+        else:
+            ranked = members[np.argsort(distance[members, c], kind="stable")]
+        n_pos = min(topk, n)
+        domain[ranked[:n_pos], c] = 1
+        n_neg = min(n - n_pos, topk) if negative else 0
+        if n_neg > 0:
+            domain[ranked[n - n_neg:], c] = -1
+    _warn_small(small, topk, class_names)
+    return domain

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capro.graph.enhance import edge_weights, enhance_text, smoothing_matrix
+
+# The shared fixtures lie beside the repository (../shared), in CI as on a developer machine.
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "capro_released_golden.npz"
+
+
+def test_reproduces_released_smoothing():
+    g = np.load(FIXTURE)
+    keep = int(g["keep"])
+    out, isolated = enhance_text(g["rerank_ids"], g["rerank_dist"], g["text"], keep=keep,
+                                 edge_weight="distance")
+    np.testing.assert_allclose(out, g["enhanced_released"], atol=1e-5)
+    assert not isolated.any()
+
+
+def _dense_reference(ids, w, text):
+    n = len(text)
+    a = np.zeros((n, n))
+    for i in range(n):
+        for j, wij in zip(ids[i], w[i]):
+            if j != i:
+                a[i, j] = min(max(wij, 0.0), 1.0)
+    a = np.maximum(a, a.T)
+    s = a.sum(1, keepdims=True)
+    a = np.divide(a, s, out=np.zeros_like(a), where=s > 0)
+    out = a @ text
+    out[s[:, 0] == 0] = text[s[:, 0] == 0]
+    return out
+
+
+def test_similarity_weights_hand_case():
+    # node 0 lists itself and 1 (d=0.2) and 2 (d=0.6); node 1 lists 0 (d=0.5); node 2 lists 1 (d=0.9)
+    ids = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]])
+    dist = np.array([[0.0, 0.2, 0.6], [0.0, 0.5, 1.0], [0.0, 0.9, 1.3]])
+    text = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    out, isolated = enhance_text(ids, dist, text)
+    # weights 1 - d clipped: A = [[0, .8, .4], [.5, 0, 0], [0, .1, 0]] -> max-sym -> row-normalise
+    a = np.array([[0, 0.8, 0.4], [0.8, 0, 0.1], [0.4, 0.1, 0]])
+    expected = (a / a.sum(1, keepdims=True)) @ text
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert not isolated.any()
+
+
+def test_isolated_node_keeps_its_own_text():
+    ids = np.array([[0, 1], [1, 0], [2, 0]])
+    dist = np.array([[0.0, 0.3], [0.0, 0.3], [0.0, 1.0]])  # node 2's only edge has weight 0
+    text = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out, isolated = enhance_text(ids, dist, text)
+    np.testing.assert_array_equal(isolated, [False, False, True])
+    np.testing.assert_allclose(out[2], text[2])
+    np.testing.assert_allclose(out[0], text[1])
+
+
+@pytest.mark.parametrize("mode", ["similarity", "distance"])
+def test_matches_dense_reference_on_random_graph(mode):
+    rng = np.random.default_rng(0)
+    n, k = 60, 6
+    others = [rng.permutation(np.delete(np.arange(n), i))[:k - 1] for i in range(n)]
+    ids = np.concatenate([np.arange(n)[:, None], np.array(others)], axis=1)
+    dist = np.sort(rng.uniform(-0.1, 1.2, (n, k)), axis=1)
+    text = rng.normal(size=(n, 5)).astype(np.float32)
+    out, _ = enhance_text(ids, dist, text, keep=4, edge_weight=mode)
+    ref = _dense_reference(ids[:, :4], edge_weights(dist[:, :4], mode=mode), text)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_smoothing_matrix_is_sparse_and_row_stochastic():
+    rng = np.random.default_rng(1)
+    n = 5000
+    ids = rng.integers(0, n, (n, 5))
+    adj = smoothing_matrix(ids, np.full((n, 5), 0.5))
+    assert adj.nnz <= 2 * 5 * n
+    sums = np.asarray(adj.sum(1)).ravel()
+    np.testing.assert_allclose(sums[sums > 0], 1.0)
+    assert adj.diagonal().max() == 0
+
+
+def test_edge_weight_modes():
+    d = np.array([[-0.2, 0.25, 1.5]])
+    np.testing.assert_allclose(edge_weights(d, mode="similarity"), [[1.0, 0.75, 0.0]])
+    np.testing.assert_allclose(edge_weights(d, mode="distance"), [[0.0, 0.25, 1.0]])
+    with pytest.raises(ValueError, match="edge weight mode"):
+        edge_weights(d, mode="cosine")

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+from rerank_reference import re_ranking_loop
+
+from capro.graph.knn import normalize_rows
+from capro.graph.match import (
+    select_anchors,
+    select_anchors_multilabel,
+    text_cosine,
+    text_distances,
+)
+
+
+def _data(n=90, c=3, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    protos = rng.normal(size=(c, d))
+    text = protos[labels] + 1.5 * rng.normal(size=(n, d))
+    return text.astype(np.float32), protos.astype(np.float32), labels
+
+
+def test_cosine_distances_and_cosine_matrix():
+    text, protos, labels = _data()
+    cos = text_cosine(text, protos)
+    t, p = normalize_rows(text), normalize_rows(protos)
+    np.testing.assert_allclose(cos, t @ p.T, atol=1e-6)
+    dist = text_distances(text, protos, labels, method="cosine")
+    np.testing.assert_allclose(dist, 1 - cos[np.arange(len(labels)), labels], atol=1e-6)
+
+
+def test_rerank_distances_per_class_gallery():
+    text, protos, labels = _data(n=70)
+    dist = text_distances(text, protos, labels, method="rerank", k1=20, k2=6, lam=0.3)
+    t, p = normalize_rows(text), normalize_rows(protos)
+    for c in range(3):
+        members = np.flatnonzero(labels == c)
+        ref = re_ranking_loop(p[c:c + 1], t[members])[0]
+        np.testing.assert_allclose(dist[members], ref, atol=1e-6)
+
+
+def test_multilabel_distances_nan_outside_web_labels():
+    text, protos, labels = _data(n=60)
+    web = np.zeros((60, 3), dtype=bool)
+    web[np.arange(60), labels] = True
+    web[::4, 0] = True
+    dist = text_distances(text, protos, web, method="rerank")
+    assert np.isnan(dist[~web]).all() and np.isfinite(dist[web]).all()
+    t, p = normalize_rows(text), normalize_rows(protos)
+    members = np.flatnonzero(web[:, 0])
+    np.testing.assert_allclose(dist[members, 0], re_ranking_loop(p[:1], t[members])[0], atol=1e-6)
+
+
+def test_top_k_anchors_per_class_and_small_class_warning():
+    labels = np.array([0, 0, 0, 0, 1, 1, 0, 2])
+    dist = np.array([0.5, 0.1, 0.9, 0.1, 0.3, 0.2, 0.4, 0.7])
+    with pytest.warns(UserWarning, match=r"2 class\(es\) have fewer than K=3 .*b \(2\), c \(1\)"):
+        domain = select_anchors(dist, labels, num_classes=3, topk=3, class_names=["a", "b", "c"])
+    # class 0: distances 0.5, 0.1, 0.9, 0.1, 0.4 -> indices 1, 3 (tie: lower index first), 6
+    np.testing.assert_array_equal(domain, [0, 1, 0, 1, 1, 1, 1, 1])
+    assert domain.dtype == np.int8
+
+
+def test_random_anchors_are_seeded_and_within_class():
+    labels = np.repeat(np.arange(4), 30)
+    dist = np.linspace(0, 1, 120)
+    a = select_anchors(dist, labels, num_classes=4, topk=5, mode="random", seed=3)
+    b = select_anchors(dist, labels, num_classes=4, topk=5, mode="random", seed=3)
+    c = select_anchors(dist, labels, num_classes=4, topk=5, mode="random", seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    np.testing.assert_array_equal(np.bincount(labels[a == 1]), [5, 5, 5, 5])
+    text_top = select_anchors(dist, labels, num_classes=4, topk=5)
+    assert not np.array_equal(a, text_top)
+
+
+def test_multilabel_positive_and_negative_anchors():
+    web = np.zeros((9, 3), dtype=bool)
+    web[:7, 0] = True     # 7 samples: 3 positives, min(7 - 3, 3) = 3 negatives
+    web[5:9, 1] = True    # 4 samples: 3 positives, 1 negative
+    web[[0, 8], 2] = True  # 2 samples: both positive, none negative
+    dist = np.full((9, 3), np.nan)
+    dist[:7, 0] = [0.6, 0.1, 0.7, 0.2, 0.9, 0.3, 0.8]
+    dist[5:9, 1] = [0.4, 0.1, 0.3, 0.2]
+    dist[[0, 8], 2] = [0.5, 0.6]
+    with pytest.warns(UserWarning, match="fewer than K=3"):
+        domain = select_anchors_multilabel(dist, web, topk=3)
+    # class 0 by distance: 1, 3, 5 | 0 | 2, 6, 4 (the three farthest are negatives)
+    np.testing.assert_array_equal(domain[:, 0], [0, 1, -1, 1, -1, 1, -1, 0, 0])
+    np.testing.assert_array_equal(domain[:, 1], [0, 0, 0, 0, 0, -1, 1, 1, 1])
+    np.testing.assert_array_equal(domain[:, 2], [1, 0, 0, 0, 0, 0, 0, 0, 1])
+    with pytest.warns(UserWarning):
+        no_neg = select_anchors_multilabel(dist, web, topk=3, negative=False)
+    assert (no_neg >= 0).all() and (no_neg == 1).sum() == (domain == 1).sum()
+
+
+def test_bad_mode_names():
+    with pytest.raises(ValueError, match="matching method"):
+        text_distances(np.ones((2, 2)), np.ones((1, 2)), np.zeros(2, int), method="bm25")
+    with pytest.raises(ValueError, match="anchor mode"):
+        select_anchors(np.zeros(2), np.zeros(2, int), num_classes=1, topk=1, mode="all")
