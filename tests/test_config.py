@@ -71,3 +71,8 @@ def test_save_load_roundtrip(tmp_path):
 def test_every_preset_is_valid():
     for name in PRESETS:
         assert isinstance(load_config(preset=name), Config)
+
+
+def test_exponent_without_dot_is_a_float():
+    cfg = load_config(overrides=["stage3.lr=1e-4", "stage1.lr=2E-3"])
+    assert cfg.stage3.lr == 1e-4 and cfg.stage1.lr == 2e-3

@@ -13,7 +13,9 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -255,8 +257,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _one_line(text: object, limit: int = 200) -> str:
+    """``text`` collapsed to one line: whitespace runs become one space, other non-printable
+    characters are escaped, and it is cut at ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _show(value: object) -> str:
+    """A user-given value or key for a message: its ``repr``, cut to one short line."""
+    return _one_line(repr(value), 120)
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -274,37 +292,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"config key '{key}': invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"config key {_show(key)}: invalid value {_show(value)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key {_show(key)}: expected a list, got {_show(value)}")
         (item,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        raise ConfigError(f"config key {_show(key)}: expected true/false, got {_show(value)}")
     if tp is int and isinstance(value, bool):
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        raise ConfigError(f"config key {_show(key)}: expected an integer, got {_show(value)}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"config key {_show(key)}: expected {tp.__name__}, got {_show(value)}")
     return value
 
 
 def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
     """Apply a nested dict of updates onto dataclass ``obj`` in place, rejecting unknown keys."""
     if not isinstance(updates, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {updates!r}")
+        raise ConfigError(f"config section {_show(prefix.rstrip('.') or '<root>')} must be a mapping, "
+                          f"got {_show(updates)}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in updates.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}' (valid keys here: {', '.join(sorted(names))})")
+            raise ConfigError(f"unknown config key {_show(full)} (valid keys here: {', '.join(sorted(names))})")
         tp = hints[key]
         if _is_dataclass_type(tp):
             _merge(getattr(obj, key), value, prefix=f"{full}.")
@@ -314,14 +335,14 @@ def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
 
 def _dotted_to_nested(override: str) -> dict[str, Any]:
     if "=" not in override:
-        raise ConfigError(f"override '{override}' must look like key.sub=value")
+        raise ConfigError(f"override {_show(override)} must look like key.sub=value")
     key, raw = override.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{override}' has no key")
+        raise ConfigError(f"override {_show(override)} has no key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or a bad date, a huge int): the text
         value = raw
     nested: dict[str, Any] = {}
     cur = nested
@@ -332,20 +353,40 @@ def _dotted_to_nested(override: str) -> dict[str, Any]:
     return nested
 
 
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """One line on what is wrong in a YAML document (with the line number when PyYAML knows it)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).split("\n")[0]
+    return f"{where}invalid YAML ({_one_line(problem)}); fix the syntax"
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file as a dict; any unreadable or invalid file is a one-line
+    :class:`ConfigError` naming the file."""
+    name = _one_line(os.fspath(path), 1000)
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: config file not found") from exc
+        raise ConfigError(f"{name}: config file not found") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{name}: is a directory; give the path of a YAML config file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read the config file ({exc.strerror or type(exc).__name__})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "re-save it as UTF-8") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{name}: invalid YAML (nested too deeply)") from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from exc
+        raise ConfigError(f"{name}: {_yaml_reason(exc)}") from exc
+    except ValueError as exc:  # a value PyYAML matched but cannot build: 2001-13-01, !!int x, a huge int
+        raise ConfigError(f"{name}: invalid value ({_one_line(exc)}); fix the value") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{name}: a config file must be a mapping of sections, got {type(data).__name__}")
     return data
 
 
@@ -357,15 +398,16 @@ def load_config(path: str | os.PathLike | None = None, *, preset: str | None = N
     """
     file_data = read_yaml(path) if path is not None else {}
     override_dicts = [_dotted_to_nested(o) for o in overrides]
-    chosen = preset
-    if chosen is None:
-        for d in [file_data, *override_dicts]:
-            if "preset" in d:
-                chosen = d["preset"]
+    named = [d["preset"] for d in [file_data, *override_dicts] if "preset" in d]
+    for value in named:
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"config key 'preset': expected a preset name ({', '.join(PRESETS)}), "
+                              f"got {_show(value)}")
+    chosen = preset if preset is not None else (named[-1] if named else None)
     cfg = Config()
     if chosen is not None:
         if chosen not in PRESETS:
-            raise ConfigError(f"unknown preset '{chosen}' (choose from: {', '.join(PRESETS)})")
+            raise ConfigError(f"unknown preset {_show(chosen)} (choose from: {', '.join(PRESETS)})")
         _merge(cfg, PRESETS[chosen])
         cfg.preset = chosen
     _merge(cfg, {k: v for k, v in file_data.items() if k != "preset"})
@@ -395,22 +437,78 @@ def get_key(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+def _at_least(low: float) -> tuple[Any, str]:
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _above(low: float) -> tuple[Any, str]:
+    return (lambda v: v > low), f"> {low}"
+
+
+def _within(low: float, high: float, *, open_low: bool = False) -> tuple[Any, str]:
+    if open_low:
+        return (lambda v: low < v <= high), f"in ({low}, {high}]"
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+_STAGE_RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": _at_least(0), "lr": _at_least(0), "warmup_epochs": _at_least(0), "batch_size": _at_least(1),
+    "frozen_encoder_epoch": _at_least(0), "init_proto_epoch": _at_least(0), "start_clean_epoch": _at_least(0),
+    "w_inst": _at_least(0), "w_recn": _at_least(0), "w_proto": _at_least(0), "mixup_alpha": _above(0),
+}
+# Allowed values of every numeric key (None values are not checked: they mean "never" / "decide").
+_RANGES: dict[str, tuple[Any, str]] = {
+    "seed": _within(0, 2**32 - 1),
+    "data.image_size": _at_least(8), "data.workers": _at_least(0),
+    "data.strong_crop": _within(0, 1, open_low=True), "data.weak_crop": _within(0, 1, open_low=True),
+    "text.batch_size": _at_least(1), "text.chunk_size": _at_least(1), "text.max_chars": _at_least(0),
+    "graph.k": _at_least(2), "graph.keep": _at_least(1), "graph.k1": _at_least(1), "graph.k2": _at_least(1),
+    "graph.lam": _within(0, 1), "graph.chunk_size": _at_least(1),
+    "match.topk": _at_least(1),
+    "model.low_dim": _at_least(1), "model.queue": _at_least(1), "model.moco_m": _within(0, 1),
+    "model.proto_m": _within(0, 1), "model.temperature": _above(0),
+    "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),
+    "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
+    "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
+    "train.max_steps_per_epoch": _at_least(0),
+    "clean.pseudo_th": _within(0, 1, open_low=True),
+    "openset.threshold": _within(0, 1),
+    **{f"{stage}.{key}": rule for stage in ("stage1", "stage2", "stage3") for key, rule in _STAGE_RANGES.items()},
+}
+
+
+def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite float in a config (lists included), else None."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            found = _nonfinite_key(value, f"{key}.")
+            if found is not None:
+                return found
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                return key
+    return None
+
+
 def validate_config(cfg: Config) -> None:
-    """Check choices and ranges; raise :class:`ConfigError` naming the key."""
+    """Check types of special keys, choices and ranges; raise :class:`ConfigError` naming the key."""
+    if cfg.preset is not None and not isinstance(cfg.preset, str):
+        raise ConfigError(f"config key 'preset': expected a preset name, got {_show(cfg.preset)}")
+    bad = _nonfinite_key(cfg)
+    if bad is not None:
+        raise ConfigError(f"config key {_show(bad)}: {get_key(cfg, bad)!r} is not a finite number")
     for key, choices in _CHOICES.items():
         value = get_key(cfg, key)
         if value not in choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"config key {_show(key)}: {_show(value)} is not one of {', '.join(choices)}")
+    for key, (ok, rule) in _RANGES.items():
+        value = get_key(cfg, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"config key {_show(key)}: {value!r} must be {rule}")
     if cfg.graph.keep > cfg.graph.k:
         raise ConfigError(f"config key 'graph.keep' ({cfg.graph.keep}) must not exceed 'graph.k' ({cfg.graph.k})")
-    for name in ("stage1", "stage2", "stage3"):
-        st: StageConfig = getattr(cfg, name)
-        if st.epochs < 0 or st.batch_size < 1 or st.lr < 0:
-            raise ConfigError(f"config section '{name}': epochs >= 0, batch_size >= 1 and lr >= 0 are required")
-    if not 0.0 <= cfg.method.alpha <= 1.0 or not 0.0 <= cfg.method.beta <= 1.0:
-        raise ConfigError("config keys 'method.alpha' and 'method.beta' must lie in [0, 1]")
-    if cfg.model.queue < 1 or cfg.model.low_dim < 1:
-        raise ConfigError("config keys 'model.queue' and 'model.low_dim' must be positive")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"config key 'data.channels': {cfg.data.channels} must be 1 or 3")
 

@@ -24,14 +24,18 @@ from tqdm import tqdm
 from capro.data.layout import (
     ClassesError,
     ClassInfo,
+    PathError,
     Problem,
     Record,
     RowError,
     Split,
     available_splits,
     decode_json,
+    escape_text,
+    path_type,
     read_classes,
     read_split,
+    show_id,
 )
 from capro.errors import DataError, UsageError
 from capro.utils.dist import is_main
@@ -147,26 +151,29 @@ def _parse_truth(path: Path, classes: list[ClassInfo] | None,
     truth: dict[str, dict] = {}
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = decode_json(raw)
-            except RowError as exc:
-                problems.append(Problem(fname, lineno, None, str(exc)))
-                continue
-            rid = obj.get("id") if isinstance(obj, dict) else None
-            reason = _truth_row_problem(obj, names)
-            if reason is None and rid in first_line:
-                reason = f"duplicate id (first at line {first_line[rid]})"
-            if reason is None and train_ids is not None and rid not in train_ids:
-                reason = "id is not in train.jsonl"
-            if reason is not None:
-                problems.append(Problem(fname, lineno, rid if isinstance(rid, str) else None, reason))
-                continue
-            first_line[rid] = lineno
-            truth[rid] = {"true_label": obj["true_label"], "noise": obj.get("noise", "")}
+    try:
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = decode_json(raw)
+                except RowError as exc:
+                    problems.append(Problem(fname, lineno, None, str(exc)))
+                    continue
+                rid = obj.get("id") if isinstance(obj, dict) else None
+                reason = _truth_row_problem(obj, names)
+                if reason is None and rid in first_line:
+                    reason = f"duplicate id (first at line {first_line[rid]})"
+                if reason is None and train_ids is not None and rid not in train_ids:
+                    reason = "id is not in train.jsonl"
+                if reason is not None:
+                    problems.append(Problem(fname, lineno, rid if isinstance(rid, str) else None, reason))
+                    continue
+                first_line[rid] = lineno
+                truth[rid] = {"true_label": obj["true_label"], "noise": obj.get("noise", "")}
+    except OSError as exc:
+        problems.append(Problem(fname, 0, None, f"cannot read it ({exc.strerror or type(exc).__name__})"))
     return truth, problems
 
 
@@ -199,7 +206,7 @@ def read_truth(root: str | os.PathLike) -> dict[str, dict]:
     """
     root = Path(root)
     path = root / "truth.jsonl"
-    if not path.is_file():
+    if path_type(path) != "file":
         return {}
     truth, problems = _parse_truth(path, read_classes(root), None)
     if problems:
@@ -216,8 +223,13 @@ def validate_dataset(root: str | os.PathLike, *, check_images: bool = True,
     is not a directory; everything else wrong is reported in the returned report.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise UsageError(f"{root}: not a directory; give the dataset directory that holds "
+    try:
+        kind = path_type(root)
+    except PathError as exc:
+        raise UsageError(f"{escape_text(str(root))}: {exc.reason}; give the dataset directory that holds "
+                         "classes.json and train.jsonl") from exc
+    if kind != "dir":
+        raise UsageError(f"{escape_text(str(root))}: not a directory; give the dataset directory that holds "
                          "classes.json and train.jsonl")
     report = ValidationReport(root=root)
     try:
@@ -232,7 +244,7 @@ def validate_dataset(root: str | os.PathLike, *, check_images: bool = True,
     train_ids: set[str] | None = None
     for name in names:
         path = root / f"{name}.jsonl"
-        if not path.is_file():
+        if path_type(path) != "file":
             report.problems.append(Problem(str(path), 0, None, "manifest not found"))
             continue
         split, problems = _checked_split(root, name, classes, check_images=check_images, progress=progress)
@@ -241,7 +253,7 @@ def validate_dataset(root: str | os.PathLike, *, check_images: bool = True,
         if name == "train":
             train_ids = {r.id for r in split.records}
     truth_path = root / "truth.jsonl"
-    if truth_path.is_file() and (splits is None or "train" in names):
+    if path_type(truth_path) == "file" and (splits is None or "train" in names):
         truth, problems = _parse_truth(truth_path, classes, train_ids or set())
         report.problems += problems
         report.counts["truth"] = len(truth) + len(problems)
@@ -250,7 +262,7 @@ def validate_dataset(root: str | os.PathLike, *, check_images: bool = True,
 
 def _short(p: Problem) -> str:
     where = f"line {p.line}: " if p.line else ""
-    return f"{where}id={p.id or '-'}: {p.reason}"
+    return f"{where}id={show_id(p.id)}: {escape_text(p.reason)}"
 
 
 def load_split_for_run(root: str | os.PathLike, split: str, *, run_dir: Path | None, skip_bad: bool,
