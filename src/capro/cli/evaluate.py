@@ -1,0 +1,34 @@
+"""``capro evaluate RUN``: metrics of a run's final model on a split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate a run's final model (top-1/top-5, or multi-label metrics)",
+        description="Evaluate RUN/model.pt deterministically (test transform) on a split of the "
+                    "run's dataset or of --data. Single-label: top-1 and top-5; multi-label: "
+                    "C-P/C-R/C-F1, O-P/O-R/O-F1 and micro/macro mAP.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--data", metavar="DIR", help="dataset directory (default: the run's)")
+    p.add_argument("--split", default="test", help="manifest to evaluate on (default: test)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from capro.engine.predict import evaluate_run
+
+    m = evaluate_run(args.run, data=args.data, split=args.split, device=args.device)
+    if args.json:
+        print(json.dumps(m, indent=2))
+    elif "top1" in m:
+        print(f"{m['split']}: top-1 {100 * m['top1']:.2f}%  top-5 {100 * m['top5']:.2f}%  (n={m['n']})")
+    else:
+        print(f"{m['split']}: " + "  ".join(f"{k} {v:.2f}" for k, v in m.items()
+                                            if k not in ("split", "data", "n")) + f"  (n={m['n']})")
+    return 0

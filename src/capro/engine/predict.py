@@ -1,0 +1,109 @@
+"""Predictions of a finished run's model on image files, and re-evaluation / re-cleaning of a run.
+
+Examples:
+    >>> predict_images("runs/demo", ["shoe.png"], topk=3)
+    [{"image": "shoe.png", "top": [{"label": "Sneaker", "score": 0.91}, ...], "prediction": "Sneaker"}]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from capro.config import Config
+from capro.data.datasets import EvalDataset
+from capro.data.transforms import eval_transform
+from capro.engine.distributed import resolve_device
+from capro.errors import DataError
+
+UNKNOWN = "unknown"
+
+
+def _open(path: Path, channels: int) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("L" if channels == 1 else "RGB")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: image file not found") from exc
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc}); pass a PNG/JPEG file") from exc
+
+
+@torch.no_grad()
+def predict_images(run_dir: str | os.PathLike, images: list[str | os.PathLike], *, topk: int = 5,
+                   threshold: float | None = None, device: str = "auto",
+                   batch_size: int = 64) -> list[dict]:
+    """Top-``topk`` classes with scores (softmax; sigmoid for multi-label) for each image.
+
+    With ``threshold``, a single-label prediction whose top score is below it is ``"unknown"``;
+    a multi-label prediction lists the classes scoring at least ``threshold`` (default 0.5).
+    """
+    from capro.engine.runner import load_run_model
+
+    dev = resolve_device(device)
+    model, classes, cfg, multi = load_run_model(run_dir, dev)
+    tf = eval_transform(size=cfg.data.image_size, channels=cfg.data.channels)
+    paths = [Path(p) for p in images]
+    k = max(1, min(topk, len(classes)))
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        x = torch.stack([tf(_open(p, cfg.data.channels)) for p in chunk]).to(dev)
+        logits = model(x).float()
+        scores = torch.sigmoid(logits) if multi else logits.softmax(dim=1)
+        top = scores.topk(k, dim=1)
+        for p, vals, idx, row in zip(chunk, top.values.tolist(), top.indices.tolist(), scores):
+            entry = {"image": str(p), "top": [{"label": classes[i].name, "score": round(v, 6)}
+                                              for v, i in zip(vals, idx)]}
+            if multi:
+                th = 0.5 if threshold is None else threshold
+                entry["prediction"] = [classes[i].name for i in np.flatnonzero(row.cpu().numpy() >= th)]
+            else:
+                unknown = threshold is not None and vals[0] < threshold
+                entry["prediction"] = UNKNOWN if unknown else classes[idx[0]].name
+            results.append(entry)
+    return results
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
+                 split: str = "test", device: str = "auto") -> dict:
+    """Metrics of a run's final model on ``split`` of its dataset (or of ``data``)."""
+    from capro.data.validate import load_split_for_run
+    from capro.engine.evaluate import evaluate_model
+    from capro.engine.runner import load_run_model
+    from capro.report.rundir import resolve_data_root
+
+    root = resolve_data_root(run_dir, data)
+    dev = resolve_device(device)
+    model, classes, cfg, multi = load_run_model(run_dir, dev)
+    _check_classes(root, classes)
+    sp = load_split_for_run(root, split, run_dir=None, skip_bad=cfg.data.skip_bad,
+                            check_images=cfg.data.check_images, classes=classes)
+    ds = EvalDataset(root, sp.records, len(classes), size=cfg.data.image_size,
+                     channels=cfg.data.channels, multi_label=multi)
+    out = evaluate_model(model, ds, multi_label=multi, device=dev, batch_size=cfg.train.eval_batch_size,
+                         workers=cfg.data.workers)
+    return {"split": split, "data": str(root), **out}
+
+
+def _check_classes(root: Path, classes) -> None:
+    from capro.data.layout import read_classes
+
+    theirs = [c.name for c in read_classes(root)]
+    ours = [c.name for c in classes]
+    if theirs != ours:
+        raise DataError(f"{root / 'classes.json'}: its classes differ from the run's ({len(theirs)} vs "
+                        f"{len(ours)}, first difference at index "
+                        f"{next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))}); "
+                        "evaluate on data with the same classes.json")
+
+
+def run_config(run_dir: str | os.PathLike) -> Config:
+    """The resolved config saved in ``RUN/config.yaml``."""
+    from capro.config import config_from_dict, read_yaml
+
+    return config_from_dict(read_yaml(Path(run_dir) / "config.yaml"))

@@ -1,0 +1,406 @@
+"""``run_pipeline``: every step of a CAPro run, in order, skipping the ones already finished.
+
+    text -> stage1 -> features -> anchors (graph + match) -> stage2 -> stage3a -> stage3b
+
+Each step has a fingerprint (its config section chained to the previous step's fingerprint and
+the training manifest); a finished step with the same fingerprint is skipped on rerun. With
+``resume`` an interrupted training stage continues from its last checkpoint. ``stageN.epochs=0``
+skips a training stage (stage 3 needs stage 2); ``method.prototypes=all`` (MoPro) skips the text
+and graph steps. Results: ``RUN/metrics.json`` and ``RUN/model.pt`` (final weights, classes and
+config, for ``capro evaluate`` / ``capro predict``).
+
+Examples:
+    >>> cfg = load_config(preset="tiny")
+    >>> metrics = run_pipeline("data/", "runs/tiny", cfg)
+    >>> metrics["eval"]["test"]["top1"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from capro.config import Config, save_config, to_dict
+from capro.data.layout import ClassInfo, available_splits, read_classes
+from capro.data.validate import load_split_for_run, read_truth
+from capro.engine.checkpoint import load_checkpoint, seed_everything
+from capro.engine.distributed import amp_dtype, init_distributed
+from capro.engine.evaluate import evaluate_model
+from capro.engine.loop import CleaningState, stderr_isatty
+from capro.engine.stages import (
+    OfflineCleaning,
+    RunContext,
+    anchor_mask,
+    build_model,
+    dump_features,
+    load_weights,
+    offline_clean,
+    train_stage,
+)
+from capro.errors import CaproError
+from capro.eval.noise import anchor_precision, noise_detection, relabel_accuracy
+from capro.model.capro import CAPro
+from capro.utils.cache import file_digest, fingerprint, is_done, mark_done
+from capro.utils.dist import barrier
+from capro.utils.io import atomic_write, read_json, write_json
+
+MODEL_FILE = "model.pt"
+
+
+def _fingerprints(cfg: Config, data_root: Path, n_train: int) -> dict[str, str]:
+    d = dataclasses.asdict
+    base = {
+        "seed": cfg.seed, "n_train": n_train,
+        "train_file": file_digest(data_root / "train.jsonl"),
+        "data": {k: v for k, v in d(cfg.data).items() if k not in ("workers", "check_images", "skip_bad")},
+        "model": d(cfg.model), "method": d(cfg.method),
+        "train": {k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch")},
+    }
+    fps = {"stage1": fingerprint({"base": base, "stage": d(cfg.stage1)})}
+    fps["features"] = fingerprint({"up": fps["stage1"], "step": "features"})
+    fps["anchors"] = fingerprint({"up": fps["features"], "text": d(cfg.text), "graph": d(cfg.graph),
+                                  "match": d(cfg.match)})
+    fps["stage2"] = fingerprint({"up": fps["anchors"], "stage": d(cfg.stage2)})
+    fps["stage3a"] = fingerprint({"up": fps["stage2"], "clean": d(cfg.clean)})
+    fps["stage3b"] = fingerprint({"up": fps["stage3a"], "stage": d(cfg.stage3)})
+    return fps
+
+
+def _eval_splits(data_root: Path, cfg: Config) -> list[str]:
+    """The evaluation splits present, the configured one first."""
+    present = [s for s in available_splits(data_root) if s != "train"]
+    return sorted(present, key=lambda s: (s != cfg.train.eval_split, s))
+
+
+def _save_model(path: Path, model: CAPro, classes: list[ClassInfo], cfg: Config, *, stage: str,
+                multi_label: bool) -> None:
+    with atomic_write(path, "wb") as fh:
+        torch.save({"model": model.state_dict(), "classes": [dataclasses.asdict(c) for c in classes],
+                    "config": to_dict(cfg), "stage": stage, "multi_label": multi_label}, fh)
+
+
+def load_run_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu"
+                   ) -> tuple[CAPro, list[ClassInfo], Config, bool]:
+    """The final model of a run (``RUN/model.pt``) in eval mode, its classes, config and multi-label flag."""
+    from capro.config import config_from_dict
+
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise CaproError(f"{path}: not found; finish the run first (`capro run DATA --out {run_dir} --resume`)")
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"])
+    classes = [ClassInfo(**c) for c in state["classes"]]
+    model = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None)),
+                        len(classes), multi_label=bool(state["multi_label"]))
+    load_weights(model, state["model"])
+    model.to(device).eval()
+    return model, classes, cfg, bool(state["multi_label"])
+
+
+class _Pipeline:
+    """State shared by the steps of one run (see :func:`run_pipeline`)."""
+
+    def __init__(self, ctx: RunContext, fps: dict[str, str]) -> None:
+        self.ctx, self.fps = ctx, fps
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.eval_split = next(iter(_eval_splits(ctx.data_root, ctx.cfg)), None)
+        self.eval_sets: dict[str, Any] = {}
+
+    def dir(self, name: str) -> Path:
+        return self.ctx.run_dir / name
+
+    def done(self, name: str) -> bool:
+        return is_done(self.dir(name), self.fps[name])
+
+    def finish(self, name: str, seconds: float, **info: Any) -> None:
+        self.stages[name] = {"seconds": round(seconds, 3), **info}
+        if self.ctx.is_main:
+            mark_done(self.dir(name), self.fps[name], **self.stages[name])
+        barrier()
+
+    def cached(self, name: str) -> None:
+        info = read_json(self.dir(name) / "done.json")
+        info.pop("fingerprint", None)
+        self.stages[name] = info
+
+    def evaluate(self, model: CAPro, split: str) -> dict:
+        ctx = self.ctx
+        if split not in self.eval_sets:
+            records = load_split_for_run(ctx.data_root, split, run_dir=ctx.run_dir,
+                                         skip_bad=ctx.cfg.data.skip_bad,
+                                         check_images=ctx.cfg.data.check_images, classes=ctx.classes)
+            self.eval_sets[split] = ctx.eval_dataset(records.records)
+        return evaluate_model(model, self.eval_sets[split], multi_label=ctx.multi_label,
+                              device=ctx.dist.device, batch_size=ctx.cfg.train.eval_batch_size,
+                              workers=ctx.cfg.data.workers, amp=ctx.amp, show_progress=ctx.progress,
+                              desc=f"eval {split}")
+
+    def stage_eval(self, model: CAPro) -> dict:
+        """Metrics of ``model`` on the evaluation split (rank 0; {} elsewhere or without one)."""
+        if not self.ctx.is_main or self.eval_split is None:
+            return {}
+        return {"eval": {self.eval_split: self.evaluate(model, self.eval_split)}}
+
+    def train(self, name: str, st, model: CAPro, *, dataset, domain=None) -> CleaningState:
+        """Run (or resume, or skip when done) a training stage; ``model`` ends with its weights."""
+        path = self.dir(name) / "checkpoint.pt"
+        if self.done(name) and path.is_file():
+            self.cached(name)
+            ck = load_checkpoint(path)
+            load_weights(model, ck["model"])
+            model.to(self.ctx.dist.device)
+            return CleaningState.from_state(ck["cleaning"])
+        t0 = time.perf_counter()
+        cleaning = train_stage(self.ctx, name, st, model=model, dataset=dataset,
+                               fingerprint=self.fps[name], domain=domain)
+        elapsed = load_checkpoint(path)["elapsed"] if self.ctx.is_main else time.perf_counter() - t0
+        self.finish(name, elapsed, epochs=st.epochs, **self.stage_eval(model))
+        return cleaning
+
+
+def _texts(p: _Pipeline) -> tuple[np.ndarray, np.ndarray]:
+    from capro.text.pipeline import class_prototypes, encode_split_texts
+
+    ctx = p.ctx
+    return (encode_split_texts(ctx.cfg, ctx.train, ctx.run_dir),
+            class_prototypes(ctx.cfg, ctx.classes, ctx.run_dir))
+
+
+def _features(p: _Pipeline, model: CAPro) -> np.ndarray:
+    path = p.dir("features") / "stage1.npy"
+    if p.done("features") and path.is_file():
+        p.cached("features")
+        return np.load(path, mmap_mode="r")
+    t0 = time.perf_counter()
+    feats = dump_features(p.ctx, model)
+    with atomic_write(path, "wb", encoding=None) as fh:
+        np.save(fh, feats.astype(np.float32))
+    p.stages["features"] = {"seconds": round(time.perf_counter() - t0, 3)}
+    mark_done(p.dir("features"), p.fps["features"], **p.stages["features"])
+    return feats
+
+
+def _anchors(p: _Pipeline, stage1_model: CAPro) -> tuple[np.ndarray, np.ndarray | None]:
+    """Anchors (``domain`` [N] int8, multi-label [N, C]) and text distances; rank 0 computes, all load."""
+    ctx = p.ctx
+    path = p.dir("anchors") / "anchors.npz"
+    if not (p.done("anchors") and path.is_file()) and ctx.is_main:
+        t0 = time.perf_counter()
+        text_emb, protos = _texts(p)
+        t_text = time.perf_counter() - t0
+        feats = _features(p, stage1_model)
+        from capro.graph.offline import build_anchors
+
+        t1 = time.perf_counter()
+        res = build_anchors(ctx.cfg, ctx.train, np.asarray(feats), np.asarray(text_emb),
+                            np.asarray(protos), ctx.run_dir, seed=ctx.cfg.seed)
+        dist = res.text_distance if res.text_distance is not None else np.full(len(ctx.train), np.nan)
+        with atomic_write(path, "wb", encoding=None) as fh:
+            np.savez(fh, domain=np.asarray(res.domain, np.int8), text_distance=np.asarray(dist, np.float32))
+        p.stages["text"] = {"seconds": round(t_text, 3)}
+        p.stages["anchors"] = {"seconds": round(time.perf_counter() - t1, 3),
+                               "n_anchors": int(anchor_mask(np.asarray(res.domain)).sum())}
+        mark_done(p.dir("anchors"), p.fps["anchors"], **p.stages["anchors"], text_seconds=round(t_text, 3))
+    barrier()
+    if "anchors" not in p.stages:
+        p.cached("anchors")
+        if "features" not in p.stages and (p.dir("features") / "done.json").is_file():
+            p.cached("features")
+    with np.load(path) as z:
+        domain, dist = z["domain"], z["text_distance"]
+    return domain, (None if np.isnan(dist).all() else dist)
+
+
+def _offline_clean(p: _Pipeline, model: CAPro, domain, text_distance) -> OfflineCleaning:
+    path = p.dir("stage3a") / "verdicts.npz"
+    ctx = p.ctx
+    if not (p.done("stage3a") and path.is_file()) and ctx.is_main:
+        t0 = time.perf_counter()
+        verdict = offline_clean(ctx, model, domain, text_distance)
+        with atomic_write(path, "wb", encoding=None) as fh:
+            np.savez(fh, target=verdict.target, clean=verdict.clean, relabeled=verdict.relabeled)
+        write_json(p.dir("stage3a") / "summary.json", verdict.counts())
+        p.stages["stage3a"] = {"seconds": round(time.perf_counter() - t0, 3), **verdict.counts()}
+        mark_done(p.dir("stage3a"), p.fps["stage3a"], **p.stages["stage3a"])
+    barrier()
+    if "stage3a" not in p.stages:
+        p.cached("stage3a")
+    with np.load(path) as z:
+        return OfflineCleaning(z["target"], z["clean"], z["relabeled"])
+
+
+def _truth_arrays(ctx: RunContext, truth: dict[str, dict]) -> np.ndarray | None:
+    """True labels aligned with the training records: [N] (-1 out-of-distribution) or [N, C]."""
+    index = {c.name: i for i, c in enumerate(ctx.classes)}
+    if any(r.id not in truth for r in ctx.train.records):
+        return None
+    if ctx.multi_label:
+        out = np.zeros((len(ctx.train), ctx.num_classes), np.float32)
+        for i, r in enumerate(ctx.train.records):
+            t = truth[r.id]["true_label"] or []
+            out[i, [index[n] for n in (t if isinstance(t, list) else [t]) if n in index]] = 1
+        return out
+    return np.array([index.get(truth[r.id]["true_label"], -1) if truth[r.id]["true_label"] else -1
+                     for r in ctx.train.records], dtype=np.int64)
+
+
+def train_truth_metrics(ctx: RunContext, truth: dict[str, dict], *, domain: np.ndarray | None,
+                        final: np.ndarray | None, flagged_relabel: np.ndarray | None,
+                        removed: np.ndarray | None) -> dict | None:
+    """Anchor precision, noise detection and relabel accuracy against ``truth.jsonl``.
+
+    Single-label: per sample. Multi-label: per (sample, class) entry, an entry being noisy when
+    its web label differs from the truth and flagged when cleaning flipped or removed it.
+    """
+    true = _truth_arrays(ctx, truth)
+    if true is None:
+        return None
+    web = ctx.web_targets()
+    out: dict[str, Any] = {"n": len(web)}
+    if domain is not None:
+        is_anchor = domain > 0 if ctx.multi_label else anchor_mask(domain)
+        out["anchor_precision"] = anchor_precision(web, true, is_anchor)
+    if final is not None:
+        if ctx.multi_label:
+            flagged = (final != web) | removed[:, None]
+            new, relabeled = final, (final != web) & (final >= 0)
+        else:
+            flagged = removed | flagged_relabel
+            new, relabeled = final, flagged_relabel
+        out["noise_detection"] = noise_detection(web, true, flagged)
+        out["relabel_accuracy"] = relabel_accuracy(true, new, relabeled)
+    return out
+
+
+def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, *,
+                 resume: bool = False, progress: bool | None = None) -> dict:
+    """Run every step of CAPro on ``data_root`` into ``run_dir``; return the metrics (rank 0).
+
+    Other ranks return ``{}``. Launch under ``torchrun`` for several processes.
+    """
+    data_root, run_dir = Path(data_root).resolve(), Path(run_dir)
+    info = init_distributed(cfg.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    classes = read_classes(data_root)
+    train = load_split_for_run(data_root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
+                               check_images=cfg.data.check_images, classes=classes)
+    multi = cfg.method.multi_label if cfg.method.multi_label is not None else train.multi_label
+    if multi and cfg.stage3.mixup and cfg.stage3.epochs > 0:
+        warnings.warn("mix-up is implemented for single-label data only; stage 3b of this "
+                      "multi-label run trains without it (set stage3.mixup=false to silence this)",
+                      stacklevel=2)
+        cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, mixup=False))
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "run.json", {"data": str(data_root), "world_size": info.world_size,
+                                          "device": str(info.device), "resume": resume})
+    ctx = RunContext(cfg=cfg, data_root=data_root, run_dir=run_dir, dist=info, classes=classes,
+                     train=train, multi_label=multi, amp=amp_dtype(cfg.train.amp, info.device),
+                     resume=resume, progress=info.is_main and (stderr_isatty() if progress is None else progress),
+                     log_steps=progress is None)
+    p = _Pipeline(ctx, _fingerprints(cfg, data_root, len(train)))
+    t_run = time.perf_counter()
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg, len(classes), multi_label=multi).to(info.device)
+    final_stage = "stage1"
+    cleaning = p.train("stage1", cfg.stage1, model, dataset=ctx.train_dataset())
+    domain = text_distance = verdict = None
+    if cfg.stage2.epochs > 0:
+        if cfg.method.prototypes == "anchors":
+            domain, text_distance = _anchors(p, model)
+        cleaning = p.train("stage2", cfg.stage2, model, domain=domain,
+                           dataset=ctx.train_dataset(domain=domain))
+        final_stage = "stage2"
+        if cfg.stage3.epochs > 0:
+            verdict = _offline_clean(p, model, domain, text_distance)
+            keep = np.flatnonzero(verdict.clean)
+            if keep.size == 0:
+                raise CaproError("stage 3a removed every training sample; raise clean.pseudo_th or check the data")
+            ds = ctx.train_dataset(records=[train.records[i] for i in keep], indices=keep,
+                                   targets=verdict.target[keep])
+            p.train("stage3b", cfg.stage3, model, dataset=ds)
+            final_stage = "stage3b"
+
+    metrics: dict[str, Any] = {}
+    if info.is_main:
+        _save_model(run_dir / MODEL_FILE, model, classes, cfg, stage=final_stage, multi_label=multi)
+        metrics = {"eval": {s: p.evaluate(model, s) for s in _eval_splits(data_root, cfg)},
+                   "final_stage": final_stage, "multi_label": multi, "world_size": info.world_size,
+                   "n_train": len(train), "stages": p.stages,
+                   "seconds": round(time.perf_counter() - t_run, 3)}
+        final = flagged = removed = None
+        if verdict is not None:
+            final, removed, flagged = verdict.target, ~verdict.clean, verdict.relabeled
+            metrics["cleaning"] = {**verdict.counts(), "source": "stage3a"}
+        elif final_stage == "stage2":
+            final = cleaning.target.numpy()
+            removed, flagged = ~cleaning.clean.numpy(), cleaning.relabeled.numpy()
+            metrics["cleaning"] = {"kept": int((~removed & ~flagged).sum()), "relabeled": int(flagged.sum()),
+                                   "removed": int(removed.sum()), "source": "stage2-online"}
+        else:
+            metrics["cleaning"] = {"kept": len(train), "relabeled": 0, "removed": 0, "source": "none"}
+        truth = read_truth(data_root)
+        if truth:
+            tt = train_truth_metrics(ctx, truth, domain=domain, final=final, flagged_relabel=flagged,
+                                     removed=removed)
+            if tt is not None:
+                metrics["train_truth"] = tt
+        write_json(run_dir / "metrics.json", metrics)
+    barrier()
+    return metrics
+
+
+
+def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
+              pseudo_th: float | None = None, protect_anchors: bool | None = None,
+              device: str = "auto") -> dict:
+    """Stage 3a on a run's stage-2 model: rewrite ``RUN/stage3a/samples.jsonl``; return the counts.
+
+    The stage's done marker is removed, so the next ``capro run`` re-derives stage 3a (and 3b)
+    from the run's config.
+    """
+    from capro.config import config_from_dict, read_yaml
+    from capro.engine.distributed import DistInfo, resolve_device
+    from capro.report.rundir import resolve_data_root
+
+    run_dir = Path(run_dir)
+    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    if pseudo_th is not None:
+        cfg.clean.pseudo_th = pseudo_th
+    if protect_anchors is not None:
+        cfg.clean.protect_anchors = protect_anchors
+    ckpt = run_dir / "stage2" / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise CaproError(f"{ckpt}: not found; offline cleaning needs a finished stage 2 "
+                         f"(`capro run DATA --out {run_dir}` with stage2.epochs > 0)")
+    root = resolve_data_root(run_dir, data)
+    dev = resolve_device(device if device != "auto" else cfg.device)
+    classes = read_classes(root)
+    train = load_split_for_run(root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
+                               check_images=cfg.data.check_images, classes=classes)
+    multi = cfg.method.multi_label if cfg.method.multi_label is not None else train.multi_label
+    ctx = RunContext(cfg=cfg, data_root=root, run_dir=run_dir, dist=DistInfo(0, 1, 0, dev),
+                     classes=classes, train=train, multi_label=multi)
+    model = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None)),
+                        len(classes), multi_label=multi)
+    load_weights(model, load_checkpoint(ckpt)["model"])
+    model.to(dev)
+    domain = text_distance = None
+    anchors = run_dir / "anchors" / "anchors.npz"
+    if anchors.is_file():
+        with np.load(anchors) as z:
+            domain, dist = z["domain"], z["text_distance"]
+        text_distance = None if np.isnan(dist).all() else dist
+    verdict = offline_clean(ctx, model, domain, text_distance)
+    counts = verdict.counts()
+    write_json(run_dir / "stage3a" / "summary.json", counts)
+    (run_dir / "stage3a" / "done.json").unlink(missing_ok=True)
+    return counts

@@ -1,0 +1,375 @@
+"""The pipeline's stages (capro-method.md §3.0): vanilla training, the stage-1 feature dump, anchors
+from the text and graph steps, CAPro training, offline cleaning and the fine-tune.
+
+Every training stage goes through :func:`train_stage`: SGD (momentum, weight decay) with the
+per-epoch warm-up + cosine rate, the backbone frozen for epochs < ``frozen_encoder_epoch`` (D1),
+prototypes initialised from the anchors at the start of ``init_proto_epoch``, a full-state
+checkpoint (``RUN/<stage>/last.pt``) at every epoch end and every ``train.checkpoint_every_steps``
+steps, and ``RUN/<stage>/checkpoint.pt`` with the final weights. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from capro.cleaning import clean_batch, clean_batch_multilabel
+from capro.config import Config, StageConfig
+from capro.data.datasets import EvalDataset, TrainDataset, label_targets
+from capro.data.layout import ClassInfo, Split
+from capro.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from capro.engine.distributed import DistInfo
+from capro.engine.evaluate import collect
+from capro.engine.loop import (
+    CleaningState,
+    EpochLog,
+    EpochSampler,
+    EpochStats,
+    make_loader,
+    train_epoch,
+)
+from capro.engine.schedule import epoch_lr, set_lr
+from capro.engine.signals import GracefulStop, Preempted, stop_requested_anywhere
+from capro.errors import CaproError
+from capro.losses import pos_weights
+from capro.model.capro import CAPro, StepFlags
+from capro.report.verdicts import verdict_row, write_verdicts
+from capro.utils.dist import barrier
+
+STAGE_SEED = {"stage1": 1, "stage2": 2, "stage3b": 3}
+
+
+def _warn(message: str) -> None:
+    print(f"capro: warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunContext:
+    """What every stage needs: config, directories, process info, the training split."""
+
+    cfg: Config
+    data_root: Path
+    run_dir: Path
+    dist: DistInfo
+    classes: list[ClassInfo]
+    train: Split
+    multi_label: bool
+    amp: torch.dtype | None = None
+    resume: bool = False
+    progress: bool = False
+    log_steps: bool = False
+    """Print a line every ``train.log_every`` steps when there is no progress bar."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def web_targets(self) -> np.ndarray:
+        """[N] int64 web labels (multi-label [N, C] float32 multi-hot)."""
+        return label_targets(self.train.records, self.num_classes, multi_label=self.multi_label)
+
+    def train_dataset(self, **kwargs) -> TrainDataset:
+        cfg = self.cfg
+        return TrainDataset(self.data_root, kwargs.pop("records", self.train.records), self.num_classes,
+                            size=cfg.data.image_size, channels=cfg.data.channels,
+                            multi_label=self.multi_label, weak_crop=cfg.data.weak_crop,
+                            strong_crop=cfg.data.strong_crop, seed=cfg.seed, **kwargs)
+
+    def eval_dataset(self, records=None) -> EvalDataset:
+        cfg = self.cfg
+        return EvalDataset(self.data_root, self.train.records if records is None else records,
+                           self.num_classes, size=cfg.data.image_size, channels=cfg.data.channels,
+                           multi_label=self.multi_label)
+
+
+def build_model(cfg: Config, num_classes: int, *, multi_label: bool) -> CAPro:
+    m = cfg.model
+    return CAPro(num_classes=num_classes, backbone=m.backbone, in_chans=cfg.data.channels,
+                 low_dim=m.low_dim, queue_size=m.queue, moco_m=m.moco_m, proto_m=m.proto_m,
+                 temperature=m.temperature, multi_label=multi_label, pretrained=m.pretrained)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model``; entries whose shape changed (e.g. the queue) keep their init."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CaproError(f"checkpoint lacks {len(missing)} model entries (first: {missing[0]}); it was "
+                         "written by another model config — rerun the earlier stage")
+    model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape},
+                          strict=False)
+
+
+def stage_flags(name: str, st: StageConfig, cfg: Config, epoch: int, *, prototypes_ready: bool) -> StepFlags:
+    """What a step of ``name`` does in ``epoch`` (§8.2: strict ">" gates)."""
+    m = cfg.method
+    common = dict(bootstrap=m.bootstrap, alpha=m.alpha, beta=m.beta, pseudo_th=m.pseudo_th,
+                  protect_anchors=m.protect_anchors, w_inst=st.w_inst, w_recn=st.w_recn,
+                  w_proto=st.w_proto, mixup=st.mixup, mixup_alpha=st.mixup_alpha)
+    clean = st.start_clean_epoch is not None and epoch > st.start_clean_epoch
+    if name == "stage2" and m.prototypes == "all":
+        return StepFlags(use_prototypes=True, proto_loss=True, update_prototypes=True, clean=clean,
+                         prototypes_mode="all", **common)
+    after_init = prototypes_ready and st.init_proto_epoch is not None and epoch > st.init_proto_epoch
+    return StepFlags(use_prototypes=prototypes_ready, proto_loss=after_init,
+                     update_prototypes=after_init, clean=clean, **common)
+
+
+def _wrap(model: CAPro, info: DistInfo) -> nn.Module:
+    """DDP around ``model`` for gradient sync (rebuilt whenever the set of trained params changes)."""
+    if info.world_size == 1:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def anchor_mask(domain: np.ndarray) -> np.ndarray:
+    """[N] bool: the sample is an anchor (multi-label: of any class, positive or negative)."""
+    return (domain != 0).any(axis=1) if domain.ndim == 2 else domain > 0
+
+
+@torch.no_grad()
+def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epoch: int) -> int:
+    """Prototypes from the momentum-encoder embeddings of every anchor (weak view, eval mode, §3.5).
+
+    Every rank embeds all anchors in the same order, so all ranks set identical prototypes.
+    Returns the number of anchors used.
+    """
+    idx = np.flatnonzero(anchor_mask(domain))
+    if idx.size == 0:
+        warnings.warn("no anchors: prototypes were not initialised", stacklevel=2)
+        return 0
+    targets = ctx.web_targets()[idx]
+    ds = ctx.train_dataset(records=[ctx.train.records[i] for i in idx], indices=idx, targets=targets)
+    ds.set_epoch(epoch)
+    loader = DataLoader(ds, batch_size=ctx.cfg.train.eval_batch_size, shuffle=False,
+                        num_workers=ctx.cfg.data.workers)
+    was_training = model.training
+    model.eval()
+    z = [model.anchor_embeddings(b["img"].to(ctx.dist.device)) for b in loader]
+    model.train(was_training)
+    model.initialise_prototypes(torch.cat(z), torch.as_tensor(targets).to(ctx.dist.device))
+    return int(idx.size)
+
+
+def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, dataset: TrainDataset,
+                fingerprint: str, domain: np.ndarray | None = None) -> CleaningState:
+    """Train ``model`` in place for stage ``name``; return the last online-cleaning state.
+
+    Resumes from ``RUN/<name>/last.pt`` when ``ctx.resume`` and the checkpoint's fingerprint matches.
+    ``domain`` (anchors) is needed when the stage initialises prototypes.
+    """
+    cfg, info = ctx.cfg, ctx.dist
+    stage_dir = ctx.run_dir / name
+    device = info.device
+    n = len(dataset)
+    global_batch = min(st.batch_size, n)
+    global_batch -= global_batch % info.world_size
+    if global_batch == 0:
+        raise CaproError(f"{name}: {n} training samples are too few for {info.world_size} processes")
+    steps = n // global_batch
+    if cfg.train.max_steps_per_epoch > 0:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    sampler = EpochSampler(n, global_batch=global_batch, steps=steps, rank=info.rank,
+                           world=info.world_size, seed=cfg.seed + STAGE_SEED[name])
+    params = [p for k, p in model.named_parameters() if not k.startswith("encoder_k.")]
+    optimizer = torch.optim.SGD(params, lr=st.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if ctx.amp == torch.float16 else None
+    if ctx.multi_label:
+        web = ctx.web_targets()
+        model.set_class_weights(pos_weights(web.sum(axis=0), len(web)))
+    cleaning = CleaningState.fresh(ctx.web_targets())
+    stats, start_epoch, start_step, global_step, elapsed = EpochStats(), 0, 0, 0, 0.0
+    log = EpochLog(stage_dir, enabled=ctx.is_main)
+    last = stage_dir / "last.pt"
+    if ctx.resume and last.is_file():
+        ck = load_checkpoint(last)
+        if ck.get("fingerprint") != fingerprint:
+            raise CaproError(f"{last}: written with another config or dataset; rerun without --resume "
+                             "to restart this stage")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch, start_step, global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+        elapsed = float(ck.get("elapsed", 0.0))
+        cleaning = CleaningState.from_state(ck["cleaning"])
+        stats = EpochStats(**ck["stats"])
+        set_rng_state(ck["rng"])
+        log.restore(start_epoch)
+    else:
+        seed_everything(cfg.seed + STAGE_SEED[name])
+    model.to(device)
+    t_start = time.perf_counter()
+
+    def save(epoch: int, step: int, epoch_stats: EpochStats) -> None:
+        if ctx.is_main:
+            save_checkpoint(last, {
+                "fingerprint": fingerprint, "stage": name, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                "epoch": epoch, "step_in_epoch": step, "global_step": global_step,
+                "lr": optimizer.param_groups[0]["lr"], "rng": rng_state(),
+                "cleaning": cleaning.state_dict(), "stats": epoch_stats.state_dict(),
+                "elapsed": elapsed + time.perf_counter() - t_start,
+            })
+
+    frozen_now: bool | None = None
+    wrapped: nn.Module = model
+    with GracefulStop() as stop:
+        for epoch in range(start_epoch, st.epochs):
+            frozen = epoch < st.frozen_encoder_epoch
+            if frozen != frozen_now:
+                model.freeze_backbone(frozen)
+                wrapped, frozen_now = _wrap(model, info), frozen
+            lr = epoch_lr(epoch, base_lr=st.lr, warmup=st.warmup_epochs, epochs=st.epochs)
+            set_lr(optimizer, lr)
+            if (start_step == 0 and domain is not None and st.init_proto_epoch == epoch
+                    and cfg.method.prototypes == "anchors"):
+                initialise_prototypes(ctx, model, domain, epoch)
+            flags = stage_flags(name, st, cfg, epoch, prototypes_ready=bool(model.prototypes_ready))
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip=start_step)
+            loader = make_loader(dataset, sampler, workers=cfg.data.workers, epoch=epoch,
+                                 seed=cfg.seed + STAGE_SEED[name], pin_memory=device.type == "cuda")
+
+            def after_step(step_done: int, epoch_stats: EpochStats, epoch: int = epoch) -> None:
+                nonlocal global_step
+                global_step += 1
+                every = cfg.train.checkpoint_every_steps
+                if stop_requested_anywhere(stop.should_stop, device):
+                    save(epoch, step_done, epoch_stats)
+                    raise Preempted(f"{name}: stopped by {stop.signal_name} at epoch {epoch} step "
+                                    f"{step_done}; checkpoint written to {last}; rerun with --resume")
+                if every > 0 and global_step % every == 0 and step_done < steps:
+                    save(epoch, step_done, epoch_stats)
+
+            stats = train_epoch(model=wrapped, loader=loader, optimizer=optimizer, flags=flags,
+                                device=device, amp=ctx.amp, scaler=scaler, stats=stats,
+                                start_step=start_step, cleaning=cleaning,
+                                on_nonfinite=cfg.train.on_nonfinite, stage=name, epoch=epoch,
+                                warn=_warn if ctx.is_main else None,
+                                where=f"{name} epoch {epoch + 1}/{st.epochs}",
+                                show_progress=ctx.progress, after_step=after_step,
+                                log_every=cfg.train.log_every if ctx.is_main and ctx.log_steps else 0)
+            log.append({"epoch": epoch, "lr": lr, "frozen": int(frozen), **stats.row()})
+            start_step, stats = 0, EpochStats()
+            save(epoch + 1, 0, stats)
+            barrier()
+    log.close()
+    model.freeze_backbone(False)
+    if ctx.is_main:
+        save_checkpoint(stage_dir / "checkpoint.pt", {
+            "fingerprint": fingerprint, "stage": name, "model": model.state_dict(),
+            "cleaning": cleaning.state_dict(), "epochs": st.epochs,
+            "elapsed": elapsed + time.perf_counter() - t_start,
+        })
+    barrier()
+    return cleaning
+
+
+def dump_features(ctx: RunContext, model: CAPro) -> np.ndarray:
+    """[N, F] float32 ``encoder_q`` features of the training split (test transform, eval mode)."""
+    feats, _ = collect(model, ctx.eval_dataset(), device=ctx.dist.device,
+                       batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
+                       amp=ctx.amp, fn="features", show_progress=ctx.progress, desc="features")
+    return feats
+
+
+@dataclass
+class OfflineCleaning:
+    """Stage 3a verdicts over the N training samples."""
+
+    target: np.ndarray      # [N] int64 final label (-1 removed); multi-label [N, C] float {1, 0, -1}
+    clean: np.ndarray       # [N] bool, kept or relabelled
+    relabeled: np.ndarray   # [N] bool
+
+    def counts(self) -> dict[str, int]:
+        return {"kept": int((self.clean & ~self.relabeled).sum()),
+                "relabeled": int(self.relabeled.sum()), "removed": int((~self.clean).sum())}
+
+
+@torch.no_grad()
+def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
+                  text_distance: np.ndarray | None) -> OfflineCleaning:
+    """Stage 3a (§3.8): score every training image with the stage-2 model and apply the
+    keep/relabel rules once; write ``RUN/stage3a/samples.jsonl``.
+
+    Unlike the released code (training transform, random), this uses the deterministic test
+    transform in eval mode (D7), so the verdicts are reproducible.
+    """
+    cfg = ctx.cfg
+    device = ctx.dist.device
+    model.eval()
+    loader = DataLoader(ctx.eval_dataset(), batch_size=cfg.train.eval_batch_size, shuffle=False,
+                        num_workers=cfg.data.workers)
+    scores, nearest = [], []
+    protos = model.prototypes
+    for batch in loader:
+        out = model.analyse(batch["img"].to(device), alpha=cfg.method.alpha)
+        scores.append(out["scores"].float().cpu())
+        if not ctx.multi_label:
+            nearest.append((out["embedding"] @ protos.t()).argmax(dim=1).cpu())
+    model.train()
+    s = torch.cat(scores)
+    web = torch.as_tensor(ctx.web_targets())
+    tau = cfg.clean.pseudo_th if cfg.clean.pseudo_th is not None else cfg.method.pseudo_th
+    dom = torch.as_tensor(domain if domain is not None else np.zeros(web.shape, np.int8))
+    names = [c.name for c in ctx.classes]
+    rows = []
+    if ctx.multi_label:
+        res = clean_batch_multilabel(s, web.float(), pseudo_th=tau, num_classes=ctx.num_classes,
+                                     anchor=dom if cfg.clean.protect_anchors else None)
+        relabeled = res.flipped.any(dim=1)
+        verdict = OfflineCleaning(res.target.numpy(), res.clean.numpy(), relabeled.numpy())
+        for i, rec in enumerate(ctx.train.records):
+            web_names = [names[c] for c in rec.labels]
+            final = [names[c] for c in np.flatnonzero(verdict.target[i] == 1)]
+            pos = s[i]
+            action = "removed" if not verdict.clean[i] else "relabeled" if verdict.relabeled[i] else "kept"
+            final_idx = np.flatnonzero(verdict.target[i] == 1)
+            rows.append(verdict_row(
+                sample_id=rec.id, web_label=web_names, action=action, label=final,
+                suggested_label=[names[c] for c in np.flatnonzero(pos.numpy() >= 0.5)],
+                anchor=bool((dom[i] != 0).any()),
+                score=float(pos[final_idx].mean()) if final_idx.size else float(pos.max()),
+                label_quality=float(pos[list(rec.labels)].min()) if rec.labels else 1.0 - float(pos.max()),
+                text_distance=None))
+    else:
+        res = clean_batch(s, web, pseudo_th=tau, anchor=dom.bool() if cfg.clean.protect_anchors else None)
+        target = torch.where(res.clean, res.target, torch.full_like(res.target, -1))
+        verdict = OfflineCleaning(target.numpy(), res.clean.numpy(), res.relabeled.numpy())
+        suggested = s.argmax(dim=1)
+        near = torch.cat(nearest) if nearest else suggested
+        td = text_distance
+        has_protos = bool(model.prototypes_ready) or cfg.method.prototypes == "all"
+        for i, rec in enumerate(ctx.train.records):
+            action = "removed" if not verdict.clean[i] else "relabeled" if verdict.relabeled[i] else "kept"
+            shown = int(suggested[i]) if action == "removed" else int(res.target[i])
+            rows.append(verdict_row(
+                sample_id=rec.id, web_label=names[rec.label], action=action,
+                label=names[int(res.target[i])] if action != "removed" else None,
+                suggested_label=names[int(suggested[i])], anchor=bool(dom[i] > 0),
+                score=float(s[i, shown]), label_quality=float(s[i, rec.label]),
+                text_distance=None if td is None else float(td[i]),
+                nearest_prototype=names[int(near[i])] if has_protos else None))
+    write_verdicts(ctx.run_dir / "stage3a" / "samples.jsonl", rows)
+    return verdict

@@ -1,0 +1,42 @@
+"""Killing a run with SIGKILL during stage 2 and resuming gives the uninterrupted run's result."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from capro.utils.io import read_json
+
+TINY_RUN_OVERRIDES = ["model.backbone=simple_cnn"]  # as the tiny_run fixture
+
+
+def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_run, tiny_web_data, tmp_path):
+    ref_run, ref = tiny_run
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "capro", "run", str(tiny_web_data), *TINY_RUN_OVERRIDES,
+           "train.checkpoint_every_steps=4", "--preset", "tiny", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = run / "stage2" / "last.pt"
+    deadline = time.monotonic() + 600
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "stage2" / "done.json").exists()  # killed inside stage 2
+    killed_at = torch.load(ckpt, weights_only=True)
+    assert (killed_at["epoch"], killed_at["step_in_epoch"]) < (3, 0)
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = read_json(run / "metrics.json")
+    assert got["eval"] == ref["eval"]
+    assert got["cleaning"] == ref["cleaning"]
+    a = torch.load(run / "model.pt", weights_only=True)["model"]
+    b = torch.load(ref_run / "model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
