@@ -30,6 +30,7 @@ import torch
 from capro.config import Config, save_config, to_dict
 from capro.data.layout import ClassInfo, available_splits, read_classes
 from capro.data.validate import load_split_for_run, read_truth
+from capro.engine.artefacts import write_run_artefacts
 from capro.engine.checkpoint import load_checkpoint, seed_everything
 from capro.engine.distributed import amp_dtype, init_distributed
 from capro.engine.evaluate import evaluate_model
@@ -354,6 +355,9 @@ def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: 
             if tt is not None:
                 metrics["train_truth"] = tt
         write_json(run_dir / "metrics.json", metrics)
+        write_run_artefacts(run_dir, model, {s: ([r.id for r in ds.records], ds) for s, ds in p.eval_sets.items()},
+                            [c.name for c in classes], multi_label=multi, device=info.device,
+                            batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers)
     barrier()
     return metrics
 

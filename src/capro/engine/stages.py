@@ -49,6 +49,7 @@ from capro.losses import pos_weights
 from capro.model.capro import CAPro, StepFlags
 from capro.report.verdicts import verdict_row, write_verdicts
 from capro.utils.dist import barrier
+from capro.utils.io import atomic_write
 
 STAGE_SEED = {"stage1": 1, "stage2": 2, "stage3b": 3}
 
@@ -330,6 +331,8 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
             nearest.append((out["embedding"] @ protos.t()).argmax(dim=1).cpu())
     model.train()
     s = torch.cat(scores)
+    with atomic_write(ctx.run_dir / "stage3a" / "probs.npy", "wb") as fh:
+        np.save(fh, s.numpy().astype(np.float32))  # [N, C] scores s_i: cleanlab's pred_probs
     web = torch.as_tensor(ctx.web_targets())
     tau = cfg.clean.pseudo_th if cfg.clean.pseudo_th is not None else cfg.method.pseudo_th
     dom = torch.as_tensor(domain if domain is not None else np.zeros(web.shape, np.int8))
