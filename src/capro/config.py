@@ -228,13 +228,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage1": {"epochs": 100, "lr": 2e-3, "warmup_epochs": 10},
         "stage2": {"epochs": 100, "lr": 2e-3, "warmup_epochs": 10, "frozen_encoder_epoch": 10,
                    "init_proto_epoch": 10, "start_clean_epoch": 40},
-        "stage3": {"epochs": 20, "lr": 2e-5},
+        "stage3": {"epochs": 20, "lr": 2e-5, "mixup": False},  # mix-up is single-label only
     },
     # Small images on 2 CPU cores: the demo and the benchmarks.
     "cpu": {
         "data": {"image_size": 32, "channels": 1, "workers": 2},
         "graph": {"backend": "torch"},
-        "model": {"backbone": "resnet18_small", "queue": 4096},
+        "model": {"backbone": "resnet18", "queue": 4096},
         "train": {"log_every": 20},
         "stage1": {"epochs": 8, "lr": 0.1, "warmup_epochs": 1, "batch_size": 128},
         "stage2": {"epochs": 8, "lr": 0.05, "warmup_epochs": 1, "batch_size": 128,
@@ -247,7 +247,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text": {"batch_size": 64, "chunk_size": 256},
         "graph": {"backend": "torch", "k": 10, "keep": 5, "k1": 10, "k2": 3},
         "match": {"topk": 10},
-        "model": {"backbone": "resnet18_small", "low_dim": 32, "queue": 256},
+        "model": {"backbone": "simple_cnn", "low_dim": 32, "queue": 256},
         "train": {"log_every": 5, "eval_batch_size": 128},
         "stage1": {"epochs": 2, "lr": 0.05, "warmup_epochs": 0, "batch_size": 32},
         "stage2": {"epochs": 3, "lr": 0.05, "warmup_epochs": 0, "batch_size": 32,
