@@ -101,6 +101,10 @@ class ModelConfig:
     moco_m: float = 0.999
     proto_m: float = 0.999
     temperature: float = 0.1
+    key_head: str = "momentum"
+    """Projection head of the MoCo keys: ``momentum`` (a momentum copy of the query head, as in
+    MoCo/MoPro) or ``shared`` (the query head itself, as in the released CAPro code; its
+    embedding collapses to one direction on our small-image runs, see ``capro.model.capro``)."""
     pretrained: str | None = None
     """Optional path to backbone weights (a state dict) to start stage 1 from."""
 
@@ -423,6 +427,7 @@ _CHOICES = {
     "graph.edge_weight": ("similarity", "distance"),
     "match.method": ("rerank", "cosine"),
     "match.anchors": ("text", "random"),
+    "model.key_head": ("momentum", "shared"),
     "method.bootstrap": ("none", "collective", "self", "label_smoothing", "ncr"),
     "method.prototypes": ("anchors", "all"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
