@@ -1,0 +1,303 @@
+"""Shared helpers of the benchmarks: the quality rows as configs, run sizes, the aggregation of
+per-seed results into mean ± std, markdown tables and the machine description.
+
+Every quality row is a set of dotted overrides over the ``cpu`` preset, so each row is one
+``capro run`` command. All rows train the backbone for the same ``E1 + E2`` epochs: the one-stage
+rows (``ce``, ``vanilla``, and every model the ``cleanlab`` recipe trains) run stage 1 for
+``E1 + E2`` epochs; the two-stage rows run ``E1`` vanilla epochs then ``E2`` CAPro epochs;
+``capro-ft`` adds ``E3`` epochs of classifier fine-tuning with the encoder frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capro.config import Config, load_config
+from capro.utils.io import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MARKDOWN = ROOT / "BENCHMARKS.md"
+
+ROWS: tuple[str, ...] = ("ce", "vanilla", "mopro", "capro-random-anchors", "capro-no-enhance",
+                         "capro", "capro-ft", "cleanlab")
+"""The quality rows, in table order (benchmark.md)."""
+
+RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "cleanlab", "vanilla", "capro-no-enhance",
+                              "capro-random-anchors", "mopro")
+"""The order rows are run in: the headline comparison first; ``capro`` before the three rows
+that reuse its finished steps."""
+
+SHARED_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "capro-ft": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
+    "capro-no-enhance": ("capro", ("text", "stage1", "features", "graph")),
+    "capro-random-anchors": ("capro", ("text", "stage1", "features", "graph")),
+}
+"""Row -> (donor row, run sub-directories copied from the donor's run of the same seed). The
+engine fingerprints every step and reruns any whose config differs, so a copied step is used
+only when the row would have computed exactly the same thing."""
+
+STAGE_ORDER: tuple[str, ...] = ("text", "stage1", "features", "anchors", "stage2", "stage3a", "stage3b",
+                                "fold0", "fold1", "fold2", "find_label_issues", "retrain")
+"""Column order of the wall-time table (the pipeline's order; cleanlab's steps last)."""
+
+METRICS: tuple[str, ...] = ("top1", "top5", "anchor_precision", "noise_precision", "noise_recall",
+                            "noise_f1", "relabel_accuracy", "seconds")
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big a quality run is: the simulated data, the epochs and the backbone."""
+
+    name: str
+    train_size: int
+    val_size: int
+    test_size: int
+    image_size: int
+    e1: int
+    """Stage-1 (vanilla) epochs of the two-stage rows."""
+    e2: int
+    """Stage-2 (CAPro) epochs; one-stage rows train ``e1 + e2`` epochs."""
+    e3: int
+    """Frozen-encoder fine-tuning epochs (``capro-ft`` only)."""
+    batch_size: int
+    backbone: str
+    folds: int = 3
+    """Cross-validation folds of the ``cleanlab`` recipe."""
+    overrides: tuple[str, ...] = ()
+    """Further overrides for every row (graph sizes, stage-2 gates)."""
+
+
+SIZES: dict[str, Size] = {
+    "quick": Size("quick", train_size=1000, val_size=100, test_size=500, image_size=32,
+                  e1=2, e2=2, e3=1, batch_size=64, backbone="resnet18_tiny",
+                  overrides=("graph.k=10", "graph.k1=10", "graph.k2=3", "match.topk=20",
+                             "model.queue=1024", "stage2.warmup_epochs=0",
+                             "stage2.frozen_encoder_epoch=1", "stage2.init_proto_epoch=0",
+                             "stage2.start_clean_epoch=0")),
+    "full": Size("full", train_size=4000, val_size=500, test_size=2000, image_size=32,
+                 e1=5, e2=5, e3=2, batch_size=128, backbone="resnet18_tiny"),
+}
+
+
+def _one_stage(size: Size) -> list[str]:
+    return [f"stage1.epochs={size.e1 + size.e2}", "stage2.epochs=0", "stage3.epochs=0"]
+
+
+def _two_stage(size: Size, *, finetune: bool = False) -> list[str]:
+    return [f"stage1.epochs={size.e1}", f"stage2.epochs={size.e2}",
+            f"stage3.epochs={size.e3 if finetune else 0}"]
+
+
+def common_overrides(size: Size, seed: int) -> list[str]:
+    """The overrides every row shares: seed, image size, backbone, batch sizes, graph sizes."""
+    return [f"seed={seed}", f"data.image_size={size.image_size}", f"model.backbone={size.backbone}",
+            *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)), *size.overrides]
+
+
+def row_specific_overrides(row: str, size: Size) -> list[str]:
+    """What makes ``row`` differ from the others; ``cleanlab`` trains every model as ``ce``."""
+    ce = [*_one_stage(size), "method.bootstrap=none", "stage1.w_inst=0", "stage1.w_recn=0"]
+    table = {
+        "ce": ce,
+        "cleanlab": ce,
+        "vanilla": _one_stage(size),
+        "mopro": [*_two_stage(size), "method.prototypes=all"],
+        "capro-random-anchors": [*_two_stage(size), "match.anchors=random"],
+        "capro-no-enhance": [*_two_stage(size), "graph.enhance=false"],
+        "capro": _two_stage(size),
+        "capro-ft": _two_stage(size, finetune=True),
+    }
+    if row not in table:
+        raise KeyError(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
+    return table[row]
+
+
+def row_overrides(row: str, size: Size, seed: int) -> list[str]:
+    """The dotted overrides (over preset ``cpu``) that make ``row`` at ``size`` with ``seed``."""
+    return common_overrides(size, seed) + row_specific_overrides(row, size)
+
+
+def row_config(row: str, size: Size, seed: int) -> Config:
+    """The resolved config of ``row`` (preset ``cpu`` <- the row's overrides)."""
+    return load_config(preset="cpu", overrides=row_overrides(row, size, seed))
+
+
+def row_command(row: str, size: Size, seed: int, *, profile: str = "web") -> str:
+    """The shell command that reproduces one (row, seed) on the data ``quality.py`` simulates."""
+    if row == "cleanlab":
+        quick = " --quick" if size.name == "quick" else ""
+        return (f"python benchmarks/quality.py{quick} --profile {profile} --seeds {seed} "
+                "--rows cleanlab")
+    data = (f"capro simulate --out DATA --profile {profile} --seed {seed} --train-size "
+            f"{size.train_size} --val-size {size.val_size} --test-size {size.test_size} "
+            f"--image-size {size.image_size}")
+    return f"{data} && capro run DATA --out RUN --preset cpu {' '.join(row_overrides(row, size, seed))}"
+
+
+def commands_markdown(size: Size, profile: str) -> str:
+    """Markdown: how to reproduce every row of ``size`` on ``profile`` (seed S)."""
+    lines = [f"Data for seed S: `capro simulate --out DATA --profile {profile} --seed S --train-size "
+             f"{size.train_size} --val-size {size.val_size} --test-size {size.test_size} "
+             f"--image-size {size.image_size}`", "",
+             "Every row: `capro run DATA --out RUN --preset cpu "
+             + " ".join(common_overrides(size, 0)).replace("seed=0", "seed=S") + " <row overrides>`",
+             "", "| row | row overrides |", "|---|---|"]
+    for row in ROWS:
+        extra = " ".join(row_specific_overrides(row, size))
+        if row == "cleanlab":
+            extra = (f"{size.folds} folds, each model trained as `ce`: "
+                     f"`python benchmarks/quality.py{' --quick' if size.name == 'quick' else ''} "
+                     f"--profile {profile} --seeds S --rows cleanlab`")
+        else:
+            extra = f"`{extra}`"
+        lines.append(f"| `{row}` | {extra} |")
+    return "\n".join(lines)
+
+
+def stage_epochs(cfg: Config) -> dict[str, int]:
+    """Training epochs per stage of a resolved config (what the epoch budget counts)."""
+    return {"stage1": cfg.stage1.epochs, "stage2": cfg.stage2.epochs,
+            "stage3": cfg.stage3.epochs if cfg.stage2.epochs > 0 else 0}
+
+
+def row_metrics(metrics: dict[str, Any], *, split: str = "test") -> dict[str, float | None]:
+    """The benchmark's metrics of one run from its ``metrics.json`` (None where not applicable)."""
+    ev = metrics.get("eval", {}).get(split, {})
+    tt = metrics.get("train_truth") or {}
+    nd = tt.get("noise_detection") or {}
+    stages = metrics.get("stages", {})
+    return {
+        "top1": ev.get("top1"),
+        "top5": ev.get("top5"),
+        "anchor_precision": tt.get("anchor_precision"),
+        "noise_precision": nd.get("precision"),
+        "noise_recall": nd.get("recall"),
+        "noise_f1": nd.get("f1"),
+        "relabel_accuracy": tt.get("relabel_accuracy"),
+        "seconds": sum(float(s.get("seconds", 0.0)) for s in stages.values()) if stages else None,
+    }
+
+
+def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
+    """Mean and sample standard deviation (ddof 1) of the non-None values; std None below 2."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return {"mean": statistics.fmean(xs) if xs else None,
+            "std": statistics.stdev(xs) if len(xs) > 1 else None, "n": len(xs)}
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per row: mean ± std over seeds of every metric and of every stage's seconds.
+
+    ``results``: dicts with "row", "seed", "metrics" (see :func:`row_metrics`) and "stages"
+    ({stage: seconds}).
+    """
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_row.setdefault(r["row"], []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for row in [r for r in ROWS if r in by_row] + sorted(set(by_row) - set(ROWS)):
+        rs = sorted(by_row[row], key=lambda r: r["seed"])
+        stage_names = list(dict.fromkeys(s for r in rs for s in r.get("stages", {})))
+        out[row] = {
+            "seeds": [r["seed"] for r in rs],
+            "metrics": {m: mean_std([r["metrics"].get(m) for r in rs]) for m in METRICS},
+            "stages": {s: mean_std([r.get("stages", {}).get(s) for r in rs]) for s in stage_names},
+        }
+    return out
+
+
+def fmt(stat: dict[str, Any], *, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` (scaled, e.g. to %), ``mean`` alone for one value, ``–`` for none."""
+    if stat.get("mean") is None:
+        return "–"
+    text = f"{stat['mean'] * scale:.{digits}f}"
+    if stat.get("std") is not None:
+        text += f" ± {stat['std'] * scale:.{digits}f}"
+    return text
+
+
+QUALITY_COLUMNS: tuple[tuple[str, str, float, int], ...] = (
+    ("top1", "top-1 %", 100.0, 1), ("top5", "top-5 %", 100.0, 1),
+    ("anchor_precision", "anchor prec. %", 100.0, 1), ("noise_precision", "noise P %", 100.0, 1),
+    ("noise_recall", "noise R %", 100.0, 1), ("noise_f1", "noise F1 %", 100.0, 1),
+    ("relabel_accuracy", "relabel acc. %", 100.0, 1), ("seconds", "wall min", 1 / 60, 1),
+)
+
+
+def quality_table(agg: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: one line per row of ``agg`` (from :func:`aggregate`), mean ± std over seeds."""
+    head = "| row | seeds | " + " | ".join(c[1] for c in QUALITY_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(QUALITY_COLUMNS) + 2)]
+    for row, a in agg.items():
+        cells = [fmt(a["metrics"][key], scale=scale, digits=d) for key, _, scale, d in QUALITY_COLUMNS]
+        lines.append(f"| `{row}` | {len(a['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stage_table(agg: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of mean wall seconds per stage and row."""
+    seen = set(s for a in agg.values() for s in a["stages"])
+    stages = [s for s in STAGE_ORDER if s in seen] + sorted(seen - set(STAGE_ORDER))
+    lines = ["| row | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 1)]
+    for row, a in agg.items():
+        cells = [fmt(a["stages"][s], scale=1.0, digits=0) if s in a["stages"] else "" for s in stages]
+        lines.append(f"| `{row}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """Put ``block`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``text``.
+
+    The markers are appended at the end when absent.
+    """
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    body = f"{begin}\n{block.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: body, text, count=1)
+    return text.rstrip("\n") + "\n\n" + body + "\n"
+
+
+def update_markdown(name: str, block: str, path: Path = MARKDOWN) -> None:
+    """Rewrite the ``name`` block of the markdown file ``path`` (atomically)."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    with atomic_write(path) as fh:
+        fh.write(replace_block(text, name, block))
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a benchmark ran: CPU, cores, torch threads and versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "cuda": torch.cuda.is_available()}
+
+
+def size_dict(size: Size) -> dict[str, Any]:
+    """The size spec as JSON would give it back (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(size).items()}
+
+
+def size_tag(size: Size) -> str:
+    """``<name>-<digest>``: a work-directory name that changes whenever the size spec does."""
+    from capro.utils.cache import fingerprint
+
+    return f"{size.name}-{fingerprint(size_dict(size))[:8]}"

@@ -1,0 +1,93 @@
+"""The benchmark plots (PNG, matplotlib's non-interactive Agg backend).
+
+    python benchmarks/plots.py     # redraw every plot from benchmarks/results/*.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def plot_quality(agg: dict[str, dict[str, Any]], path: Path, *, title: str = "") -> Path:
+    """Bars of test top-1 and noise-detection F1 per row (mean, error bar = std over seeds)."""
+    rows = list(agg)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, label in ((axes[0], "top1", "test top-1 (%)"), (axes[1], "noise_f1", "noise-detection F1 (%)")):
+        means = [(agg[r]["metrics"][key]["mean"] or 0.0) * 100 for r in rows]
+        stds = [(agg[r]["metrics"][key]["std"] or 0.0) * 100 for r in rows]
+        colours = ["#c44e52" if r == "cleanlab" else "#4c72b0" if r.startswith("capro") else "#8c8c8c"
+                   for r in rows]
+        ax.bar(range(len(rows)), means, yerr=stds, color=colours, capsize=3)
+        ax.set_xticks(range(len(rows)), rows, rotation=35, ha="right")
+        ax.set_ylabel(label)
+        present = [m for m, r in zip(means, rows) if agg[r]["metrics"][key]["mean"] is not None]
+        if present:
+            lo = min(present)
+            ax.set_ylim(max(0.0, lo - 10), min(100.0, max(present) + 5))
+        for i, r in enumerate(rows):
+            if agg[r]["metrics"][key]["mean"] is None:
+                ax.text(i, ax.get_ylim()[0], "n/a", ha="center", va="bottom", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_perf(ratios: list[tuple[str, float, float | None]], path: Path, *, title: str = "") -> Path:
+    """Horizontal bars of ``(label, value, target)`` ratios on a log axis, targets as ticks."""
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(ratios) + 1.4))
+    labels = [r[0] for r in ratios]
+    values = [r[1] for r in ratios]
+    ax.barh(range(len(ratios)), values, color="#4c72b0")
+    for i, (_, value, target) in enumerate(ratios):
+        ax.text(value, i, f" {value:.2f}×", va="center", fontsize=9)
+        if target is not None:
+            ax.plot([target, target], [i - 0.4, i + 0.4], color="#c44e52", lw=2)
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(ratios)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (log scale; red tick = target)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> int:
+    sys.path.insert(0, str(HERE))
+    from perf import perf_ratios
+
+    from capro.utils.io import read_json
+
+    results = HERE / "results"
+    for path in sorted(results.glob("quality_*.json")):
+        summary = read_json(path)
+        if summary.get("aggregate"):
+            size = summary["size"]
+            tag = f"quality_{size['name']}_{summary['profile']}"
+            plot_quality(summary["aggregate"], HERE / f"{tag}.png",
+                         title=f"{summary['profile']} profile, {size['name']} size "
+                               f"({size['train_size']} train images)")
+    for name in ("perf", "perf_quick"):
+        if (results / f"{name}.json").is_file():
+            plot_perf(perf_ratios(read_json(results / f"{name}.json")), HERE / f"{name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The benchmark rows resolve to the configs benchmark.md describes; aggregation and tables are right."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_common():
+    spec = importlib.util.spec_from_file_location("capro_bench_common", ROOT / "benchmarks" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bc = _load_common()
+
+
+@pytest.mark.parametrize("size_name", ["quick", "full"])
+@pytest.mark.parametrize("row", bc.ROWS)
+def test_every_row_resolves_with_the_same_backbone_budget(row, size_name):
+    size = bc.SIZES[size_name]
+    cfg = bc.row_config(row, size, seed=7)
+    assert cfg.seed == 7 and cfg.preset == "cpu"
+    assert cfg.model.backbone == size.backbone
+    assert cfg.data.image_size == size.image_size
+    assert {cfg.stage1.batch_size, cfg.stage2.batch_size, cfg.stage3.batch_size} == {size.batch_size}
+    epochs = bc.stage_epochs(cfg)
+    assert epochs["stage1"] + epochs["stage2"] == size.e1 + size.e2
+    assert epochs["stage3"] == (size.e3 if row == "capro-ft" else 0)
+
+
+def test_rows_differ_only_where_benchmark_md_says():
+    size = bc.SIZES["full"]
+    cfg = {row: bc.row_config(row, size, seed=0) for row in bc.ROWS}
+    assert cfg["ce"].method.bootstrap == "none"
+    assert cfg["ce"].stage1.w_inst == 0 and cfg["ce"].stage1.w_recn == 0
+    assert cfg["cleanlab"] == cfg["ce"]
+    assert cfg["vanilla"].method.bootstrap == "collective" and cfg["vanilla"].stage2.epochs == 0
+    assert cfg["mopro"].method.prototypes == "all"
+    assert cfg["capro-random-anchors"].match.anchors == "random"
+    assert cfg["capro-no-enhance"].graph.enhance is False
+    for row in ("mopro", "capro-random-anchors", "capro-no-enhance", "capro-ft"):
+        assert cfg[row].stage1 == cfg["capro"].stage1
+    assert cfg["capro-ft"].stage2 == cfg["capro"].stage2
+    assert cfg["capro"].match.anchors == "text" and cfg["capro"].graph.enhance is True
+
+
+def test_shared_steps_only_between_rows_with_equal_upstream_configs():
+    size = bc.SIZES["full"]
+    for row, (donor, steps) in bc.SHARED_STEPS.items():
+        a, b = bc.row_config(row, size, 0), bc.row_config(donor, size, 0)
+        assert a.stage1 == b.stage1 and a.model == b.model and a.method == b.method and a.text == b.text
+        if "stage2" in steps:
+            assert a.stage2 == b.stage2 and a.graph == b.graph and a.match == b.match
+        assert bc.RUN_ORDER.index(donor) < bc.RUN_ORDER.index(row)
+    assert sorted(bc.RUN_ORDER) == sorted(bc.ROWS)
+
+
+def test_row_command_reproduces_the_overrides():
+    size = bc.SIZES["quick"]
+    cmd = bc.row_command("capro-no-enhance", size, 2, profile="hard")
+    assert "--profile hard --seed 2" in cmd and "--preset cpu" in cmd
+    assert " ".join(bc.row_overrides("capro-no-enhance", size, 2)) in cmd
+    assert "--rows cleanlab" in bc.row_command("cleanlab", size, 1)
+
+
+def test_unknown_row_is_refused():
+    with pytest.raises(KeyError, match="unknown row"):
+        bc.row_overrides("nope", bc.SIZES["quick"], 0)
+
+
+def test_mean_std_by_hand():
+    s = bc.mean_std([0.80, 0.84, 0.86])
+    assert s["n"] == 3
+    assert s["mean"] == pytest.approx(0.8333333333)
+    # sample std: sqrt(((-.0333)^2 + (.00667)^2 + (.02667)^2) / 2) = sqrt(0.0018667 / 2)
+    assert s["std"] == pytest.approx(math.sqrt(0.00186666667 / 2))
+    assert bc.mean_std([0.5, None, float("nan")]) == {"mean": 0.5, "std": None, "n": 1}
+    assert bc.mean_std([None]) == {"mean": None, "std": None, "n": 0}
+
+
+def _result(row, seed, top1, seconds, f1=None):
+    return {"row": row, "seed": seed,
+            "metrics": {"top1": top1, "top5": 0.99, "noise_f1": f1, "seconds": sum(seconds.values())},
+            "stages": seconds}
+
+
+def test_aggregate_groups_by_row_in_table_order():
+    results = [
+        _result("capro", 1, 0.90, {"stage1": 10.0, "stage2": 20.0}, f1=0.6),
+        _result("ce", 0, 0.80, {"stage1": 30.0}),
+        _result("capro", 0, 0.86, {"stage1": 12.0, "stage2": 22.0}, f1=0.7),
+        _result("ce", 1, 0.82, {"stage1": 34.0}),
+    ]
+    agg = bc.aggregate(results)
+    assert list(agg) == ["ce", "capro"]
+    assert agg["capro"]["seeds"] == [0, 1]
+    assert agg["capro"]["metrics"]["top1"]["mean"] == pytest.approx(0.88)
+    assert agg["capro"]["metrics"]["top1"]["std"] == pytest.approx(math.sqrt(0.0008))
+    assert agg["capro"]["metrics"]["noise_f1"]["mean"] == pytest.approx(0.65)
+    assert agg["ce"]["metrics"]["noise_f1"] == {"mean": None, "std": None, "n": 0}
+    assert agg["ce"]["metrics"]["seconds"]["mean"] == pytest.approx(32.0)
+    assert agg["capro"]["stages"]["stage2"]["mean"] == pytest.approx(21.0)
+    assert "stage2" not in agg["ce"]["stages"]
+
+
+def test_quality_table_formats_mean_std_and_missing():
+    agg = bc.aggregate([_result("ce", 0, 0.80, {"stage1": 60.0}), _result("ce", 1, 0.82, {"stage1": 120.0})])
+    table = bc.quality_table(agg)
+    line = table.splitlines()[2]
+    assert line.startswith("| `ce` | 2 | 81.0 ± 1.4 | 99.0 ± 0.0 | – |")
+    assert line.endswith("| 1.5 ± 0.7 |")  # 90 s ± 42.4 s in minutes
+    assert bc.stage_table(agg).splitlines()[2] == "| `ce` | 90 ± 42 |"
+
+
+def test_replace_block_inserts_then_replaces():
+    text = "# Title\n\nintro\n"
+    once = bc.replace_block(text, "quality-web", "| a |")
+    assert once == "# Title\n\nintro\n\n<!-- quality-web:begin -->\n| a |\n<!-- quality-web:end -->\n"
+    twice = bc.replace_block(once + "tail\n", "quality-web", "| b |")
+    assert twice == once.replace("| a |", "| b |") + "tail\n"
+
+
+def test_row_metrics_from_engine_metrics():
+    metrics = {"eval": {"test": {"top1": 0.9, "top5": 1.0, "n": 10}},
+               "stages": {"stage1": {"seconds": 5.0}, "stage2": {"seconds": 7.5}},
+               "train_truth": {"anchor_precision": 0.96, "relabel_accuracy": None,
+                               "noise_detection": {"precision": 0.5, "recall": 0.25, "f1": 1 / 3}}}
+    m = bc.row_metrics(metrics)
+    assert m == {"top1": 0.9, "top5": 1.0, "anchor_precision": 0.96, "noise_precision": 0.5,
+                 "noise_recall": 0.25, "noise_f1": 1 / 3, "relabel_accuracy": None, "seconds": 12.5}
+    assert bc.row_metrics({"eval": {}})["top1"] is None
+
+
+def test_size_dict_survives_json_and_size_tag_tracks_the_spec():
+    import dataclasses
+    import json
+
+    size = bc.SIZES["quick"]
+    assert json.loads(json.dumps(bc.size_dict(size))) == bc.size_dict(size)
+    assert bc.size_tag(size).startswith("quick-")
+    assert bc.size_tag(dataclasses.replace(size, e1=size.e1 + 1)) != bc.size_tag(size)
