@@ -1,4 +1,5 @@
-"""``capro demo [--out DIR] [--quick] [--resume]``: simulate a web dataset and run CAPro on it."""
+"""``capro demo [--out DIR] [--quick] [--multilabel | --open-set] [--resume]``: simulate a web
+dataset (single-label, multi-label mosaics or an open-set split) and run CAPro on it."""
 
 from __future__ import annotations
 
@@ -26,15 +27,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "step on it (DIR/run), evaluate, and print stage-1 vs final accuracy, the "
                     "cleaning counts and the anchor precision. About 15 minutes on 2 CPU cores; "
                     "--quick about 3.")
-    p.add_argument("--out", default="capro-demo", metavar="DIR", help="output directory (default capro-demo)")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory (default capro-demo, capro-demo-multilabel or capro-demo-open-set)")
     p.add_argument("--quick", action="store_true", help="a smaller dataset and model (about 3 minutes)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--multilabel", action="store_true",
+                      help="multi-label scenario (2x2 mosaics, NUS-WIDE-like): prints macro/micro "
+                           "mAP, C-F1 and O-F1, stage 1 vs final")
+    kind.add_argument("--open-set", action="store_true",
+                      help="open-set scenario (train on 5 of 10 classes, test on all): prints mean "
+                           "C-F1 and PR-AUC, stage 1 (vanilla) vs final")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 
 
-def _simulated(data: Path, params: dict) -> bool:
-    """The dataset at ``data`` was simulated with ``params`` (so it is reused)."""
+def _simulated(data: Path, params: dict, *, multilabel: bool = False, open_set: bool = False) -> bool:
+    """The dataset at ``data`` was simulated with ``params`` and scenario (so it is reused)."""
     from capro.utils.io import read_json
 
     try:
@@ -44,7 +53,8 @@ def _simulated(data: Path, params: dict) -> bool:
     return (info.get("sizes") == {"train": params["train_size"], "val": params["val_size"],
                                   "test": params["test_size"]}
             and info.get("image_size") == params["image_size"] and info.get("profile") == "web"
-            and info.get("seed") == 0 and (data / "train.jsonl").is_file())
+            and info.get("seed") == 0 and bool(info.get("multilabel")) == multilabel
+            and bool(info.get("open_set")) == open_set and (data / "train.jsonl").is_file())
 
 
 def table(metrics: dict) -> list[str]:
@@ -73,6 +83,34 @@ def table(metrics: dict) -> list[str]:
     return [f"{k:<{width}}  {v}" for k, v in rows]
 
 
+def _stage_metrics(metrics: dict, section: str) -> tuple[dict | None, dict | None]:
+    """(stage-1, final) metrics of ``section`` ("eval" on the first split, or "openset")."""
+    stage1 = metrics.get("stages", {}).get("stage1", {})
+    if section == "openset":
+        return stage1.get("openset"), metrics.get("openset")
+    split = next(iter(metrics.get("eval", {})), "test")
+    return stage1.get("eval", {}).get(split), metrics.get("eval", {}).get(split)
+
+
+def scenario_table(metrics: dict, scenario: str) -> list[str]:
+    """Stage-1 (vanilla) vs final metrics of the multi-label or open-set scenario."""
+    if scenario == "multilabel":
+        first, final = _stage_metrics(metrics, "eval")
+        keys = [("macro mAP", "mAP_macro", "{:.2f}"), ("micro mAP", "mAP_micro", "{:.2f}"),
+                ("C-F1", "CF1", "{:.2f}"), ("O-F1", "OF1", "{:.2f}")]
+    else:
+        first, final = _stage_metrics(metrics, "openset")
+        keys = [("mean C-F1", "mean_cf1", "{:.2f}"), ("PR-AUC", "pr_auc", "{:.4f}")]
+
+    def cell(m: dict | None, key: str, fmt: str) -> str:
+        return fmt.format(m[key]) if m and key in m else "-"
+
+    rows = [("", "stage-1 (vanilla)", "final (CAPro)")]
+    rows += [(label, cell(first, key, fmt), cell(final, key, fmt)) for label, key, fmt in keys]
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return [f"{a:<{w0}}  {b:>{w1}}  {c:>13}" for a, b, c in rows]
+
+
 def run(args: argparse.Namespace) -> int:
     from capro.config import load_config
     from capro.data.simulate import simulate
@@ -80,20 +118,24 @@ def run(args: argparse.Namespace) -> int:
     from capro.engine.runner import run_pipeline
 
     demo = DEMOS["quick" if args.quick else "full"]
-    out = Path(args.out)
+    scenario = "multilabel" if args.multilabel else "open-set" if args.open_set else None
+    out = Path(args.out or ("capro-demo" + (f"-{scenario}" if scenario else "")))
     data, run_dir = out / "data", out / "run"
     t0 = time.perf_counter()
-    if not _simulated(data, demo["data"]):
+    kind = {"multilabel": args.multilabel, "open_set": args.open_set}
+    if not _simulated(data, demo["data"], **kind):
         print(f"capro demo: simulating a web-crawled dataset into {data}", file=sys.stderr)
-        simulate(data, profile="web", seed=0, progress=sys.stderr.isatty(), **demo["data"])
+        simulate(data, profile="web", seed=0, progress=sys.stderr.isatty(), **kind, **demo["data"])
     overrides = list(demo["overrides"]) + ([f"device={args.device}"] if args.device else [])
+    if args.multilabel:
+        overrides.append("stage3.mixup=false")
     cfg = load_config(preset=demo["preset"], overrides=overrides)
     try:
         metrics = run_pipeline(data, run_dir, cfg, resume=args.resume)
     finally:
         shutdown()
     if metrics:
-        print("\n".join(table(metrics)))
+        print("\n".join(table(metrics) if scenario is None else scenario_table(metrics, scenario)))
         print("\n".join(summary_lines(metrics, str(run_dir))[-1:]))
         print(f"data: {data}   run: {run_dir}   ({time.perf_counter() - t0:.0f} s)")
     return 0

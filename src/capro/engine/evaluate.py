@@ -1,9 +1,14 @@
-"""Deterministic evaluation of a model on a split: top-1/top-5, or the multi-label metrics.
+"""Deterministic evaluation of a model on a split: top-1/top-5, the multi-label metrics, or the
+open-set metrics on ``openset_test.jsonl``.
 
 Images go through the test transform (D7) in eval mode; no randomness. N samples, C classes.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,8 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from capro.data.datasets import EvalDataset
+from capro.data.layout import ClassInfo, Record
+from capro.errors import DataError
 from capro.eval.metrics import topk_accuracy
 from capro.eval.multilabel import multilabel_metrics
+from capro.eval.openset import openset_metrics
 
 
 @torch.no_grad()
@@ -56,3 +65,61 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, multi_label: bool, dev
     logits, targets = collect(model, dataset, device=device, batch_size=batch_size, workers=workers,
                               amp=amp, show_progress=show_progress, desc=desc)
     return metrics_from_logits(logits, targets, multi_label=multi_label)
+
+
+OPENSET_FILE = "openset_test.jsonl"
+
+
+def read_openset(root: str | os.PathLike, classes: list[ClassInfo]) -> tuple[list[Record], np.ndarray]:
+    """``DATA/openset_test.jsonl``: its records and targets [N] (known class id, -1 for unknown).
+
+    Rows are ``{"id", "image", "label": known class name or null}``; extra fields are ignored.
+    """
+    path = Path(root) / OPENSET_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; open-set evaluation needs this manifest of known and "
+                        "unseen-class images (`capro simulate --open-set` writes one)")
+    index = {c.name: i for i, c in enumerate(classes)}
+    records, targets = [], []
+    with open(path, encoding="utf-8") as fh:
+        lines = [(i, text) for i, text in enumerate(fh, start=1) if text.strip()]
+    for line, text in lines:
+        try:
+            row = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"{path}:{line}: not valid JSON ({exc}); fix the row") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str) or "label" not in row:
+            raise DataError(f"{path}:{line}: expected an object with \"image\" and \"label\" "
+                            "(a known class name or null); fix the row")
+        label = row["label"]
+        if label is not None and label not in index:
+            raise DataError(f"{path}:{line}: label {label!r} is not in classes.json; use a known "
+                            "class name, or null for an unseen class")
+        records.append(Record(id=str(row.get("id", line)), image=row["image"],
+                              labels=(index.get(label, 0),), line=line))
+        targets.append(-1 if label is None else index[label])
+    return records, np.asarray(targets, dtype=np.int64)
+
+
+def openset_from_logits(logits: np.ndarray, targets: np.ndarray) -> dict:
+    """Max-softmax open-set metrics (§5.1) of logits [N, C] over known classes, targets [N] (-1 unknown).
+
+    {"mean_cf1" (%), "pr_auc" (fraction), "n", "n_unknown"}; see :func:`capro.eval.openset.openset_metrics`.
+    """
+    z = logits.astype(np.float64)
+    prob = np.exp(z - z.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    m = openset_metrics(prob.max(axis=1), prob.argmax(axis=1), targets, num_known=logits.shape[1])
+    return {"mean_cf1": m["mean_cf1"], "pr_auc": m["pr_auc"], "n": int(len(targets)),
+            "n_unknown": int((targets < 0).sum())}
+
+
+def evaluate_openset(model: nn.Module, root: str | os.PathLike, classes: list[ClassInfo], *,
+                     size: int, channels: int, device: torch.device, batch_size: int = 256,
+                     workers: int = 0, amp: torch.dtype | None = None) -> dict:
+    """Open-set metrics of a single-label ``model`` on ``root/openset_test.jsonl``."""
+    records, targets = read_openset(root, classes)
+    ds = EvalDataset(root, records, len(classes), size=size, channels=channels)
+    logits, _ = collect(model, ds, device=device, batch_size=batch_size, workers=workers, amp=amp,
+                        desc="eval open set")
+    return openset_from_logits(logits, targets)

@@ -35,17 +35,20 @@ def _open(path: Path, channels: int) -> Image.Image:
 
 @torch.no_grad()
 def predict_images(run_dir: str | os.PathLike, images: list[str | os.PathLike], *, topk: int = 5,
-                   threshold: float | None = None, device: str = "auto",
+                   threshold: float | None = None, open_set: bool = False, device: str = "auto",
                    batch_size: int = 64) -> list[dict]:
     """Top-``topk`` classes with scores (softmax; sigmoid for multi-label) for each image.
 
     With ``threshold``, a single-label prediction whose top score is below it is ``"unknown"``;
-    a multi-label prediction lists the classes scoring at least ``threshold`` (default 0.5).
+    ``open_set`` without ``threshold`` uses the run's ``openset.threshold``. A multi-label
+    prediction lists the classes scoring at least ``threshold`` (default 0.5).
     """
     from capro.engine.runner import load_run_model
 
     dev = resolve_device(device)
     model, classes, cfg, multi = load_run_model(run_dir, dev)
+    if open_set and threshold is None and not multi:
+        threshold = cfg.openset.threshold
     tf = eval_transform(size=cfg.data.image_size, channels=cfg.data.channels)
     paths = [Path(p) for p in images]
     k = max(1, min(topk, len(classes)))
@@ -88,6 +91,31 @@ def evaluate_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None =
     out = evaluate_model(model, ds, multi_label=multi, device=dev, batch_size=cfg.train.eval_batch_size,
                          workers=cfg.data.workers)
     return {"split": split, "data": str(root), **out}
+
+
+def evaluate_openset_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
+                         device: str = "auto") -> dict:
+    """Open-set metrics of a run's final model on ``openset_test.jsonl`` of its dataset (or of
+    ``data``); also recorded under ``"openset"`` in ``RUN/metrics.json``."""
+    from capro.engine.evaluate import evaluate_openset
+    from capro.engine.runner import load_run_model
+    from capro.errors import UsageError
+    from capro.report.rundir import resolve_data_root
+    from capro.utils.io import read_json, write_json
+
+    root = resolve_data_root(run_dir, data)
+    dev = resolve_device(device)
+    model, classes, cfg, multi = load_run_model(run_dir, dev)
+    if multi:
+        raise UsageError(f"{run_dir}: a multi-label run; open-set evaluation needs a single-label run")
+    _check_classes(root, classes)
+    out = {"data": str(root), **evaluate_openset(
+        model, root, classes, size=cfg.data.image_size, channels=cfg.data.channels, device=dev,
+        batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers)}
+    path = Path(run_dir) / "metrics.json"
+    metrics = read_json(path) if path.is_file() else {}
+    write_json(path, {**metrics, "openset": {k: v for k, v in out.items() if k != "data"}})
+    return out
 
 
 def _check_classes(root: Path, classes) -> None:

@@ -6,8 +6,13 @@ Each step has a fingerprint (its config section chained to the previous step's f
 the training manifest); a finished step with the same fingerprint is skipped on rerun. With
 ``resume`` an interrupted training stage continues from its last checkpoint. ``stageN.epochs=0``
 skips a training stage (stage 3 needs stage 2); ``method.prototypes=all`` (MoPro) skips the text
-and graph steps. Results: ``RUN/metrics.json`` and ``RUN/model.pt`` (final weights, classes and
-config, for ``capro evaluate`` / ``capro predict``).
+and graph steps. Multi-label data (labels given as lists, or ``method.multi_label``) runs the
+same steps: [N, C] anchors (positive and negative), per-class BCE weights
+``sqrt((N - n_c) / n_c)`` from the web-label counts, per-class cleaning, and every sample
+weighing 1 (D5: the released inverse-frequency sample weights are not applied). With
+``DATA/openset_test.jsonl`` (single-label), each stage's model and the final one are also scored
+for open-set recognition (``metrics["openset"]``). Results: ``RUN/metrics.json`` and
+``RUN/model.pt`` (final weights, classes and config, for ``capro evaluate`` / ``capro predict``).
 
 Examples:
     >>> cfg = load_config(preset="tiny")
@@ -33,7 +38,7 @@ from capro.data.validate import load_split_for_run, read_truth
 from capro.engine.artefacts import write_run_artefacts
 from capro.engine.checkpoint import load_checkpoint, seed_everything
 from capro.engine.distributed import amp_dtype, init_distributed
-from capro.engine.evaluate import evaluate_model
+from capro.engine.evaluate import OPENSET_FILE, evaluate_model, evaluate_openset
 from capro.engine.loop import CleaningState, stderr_isatty
 from capro.engine.stages import (
     OfflineCleaning,
@@ -143,11 +148,25 @@ class _Pipeline:
                               workers=ctx.cfg.data.workers, amp=ctx.amp, show_progress=ctx.progress,
                               desc=f"eval {split}")
 
-    def stage_eval(self, model: CAPro) -> dict:
-        """Metrics of ``model`` on the evaluation split (rank 0; {} elsewhere or without one)."""
-        if not self.ctx.is_main or self.eval_split is None:
+    def openset(self, model: CAPro) -> dict:
+        """{"openset": metrics} on ``DATA/openset_test.jsonl`` for a single-label run; {} without it."""
+        ctx = self.ctx
+        if ctx.multi_label or not (ctx.data_root / OPENSET_FILE).is_file():
             return {}
-        return {"eval": {self.eval_split: self.evaluate(model, self.eval_split)}}
+        return {"openset": evaluate_openset(
+            model, ctx.data_root, ctx.classes, size=ctx.cfg.data.image_size, channels=ctx.cfg.data.channels,
+            device=ctx.dist.device, batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
+            amp=ctx.amp)}
+
+    def stage_eval(self, model: CAPro) -> dict:
+        """Metrics of ``model`` on the evaluation split and the open-set manifest (rank 0; {}
+        elsewhere or without them)."""
+        if not self.ctx.is_main:
+            return {}
+        out = self.openset(model)
+        if self.eval_split is not None:
+            out["eval"] = {self.eval_split: self.evaluate(model, self.eval_split)}
+        return out
 
     def train(self, name: str, st, model: CAPro, *, dataset, domain=None) -> CleaningState:
         """Run (or resume, or skip when done) a training stage; ``model`` ends with its weights."""
@@ -336,7 +355,7 @@ def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: 
         metrics = {"eval": {s: p.evaluate(model, s) for s in _eval_splits(data_root, cfg)},
                    "final_stage": final_stage, "multi_label": multi, "world_size": info.world_size,
                    "n_train": len(train), "stages": p.stages,
-                   "seconds": round(time.perf_counter() - t_run, 3)}
+                   "seconds": round(time.perf_counter() - t_run, 3), **p.openset(model)}
         final = flagged = removed = None
         if verdict is not None:
             final, removed, flagged = verdict.target, ~verdict.clean, verdict.relabeled
