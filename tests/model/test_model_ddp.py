@@ -66,7 +66,7 @@ def _worker(rank, init_file, out_dir):
 
 def test_two_process_queue_prototypes_and_shuffle_bn(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
 
     # queue: both ranks' keys, rank order, written FIFO from row 15 with wrap-around
     assert torch.equal(r0["queue"], r1["queue"])
