@@ -24,10 +24,10 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from capro.errors import DataError
 
@@ -364,6 +364,24 @@ def parse_row(obj: Any, class_index: Mapping[str, int] | None) -> Record:
     return Record(id=rid, image=image, labels=tuple(labels), multi_label=multi, **kwargs)
 
 
+def iter_json_lines(fh: IO[bytes], fname: str, problems: list[Problem]) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, decoded JSON)`` for each non-blank line of a binary file handle.
+
+    Lines over :data:`MAX_LINE_BYTES` and lines that do not decode are appended to ``problems``
+    (with no id) and skipped.
+    """
+    for lineno, raw in enumerate(fh, start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            problems.append(Problem(fname, lineno, None, f"line longer than {MAX_LINE_BYTES} bytes"))
+            continue
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, decode_json(raw)
+        except RowError as exc:
+            problems.append(Problem(fname, lineno, None, str(exc)))
+
+
 def read_split(root: str | os.PathLike, split: str, classes: list[ClassInfo] | None = None,
                *, manifest: str | os.PathLike | None = None, check_labels: bool = True) -> Split:
     """Read ``DATA/<split>.jsonl`` (or ``manifest``); bad lines become :class:`Problem` entries.
@@ -384,17 +402,7 @@ def read_split(root: str | os.PathLike, split: str, classes: list[ClassInfo] | N
     seen: dict[str, int] = {}
     try:
         with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if len(raw) > MAX_LINE_BYTES:
-                    problems.append(Problem(fname, lineno, None, f"line longer than {MAX_LINE_BYTES} bytes"))
-                    continue
-                if not raw.strip():
-                    continue
-                try:
-                    obj = decode_json(raw)
-                except RowError as exc:
-                    problems.append(Problem(fname, lineno, None, str(exc)))
-                    continue
+            for lineno, obj in iter_json_lines(fh, fname, problems):
                 rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
                 try:
                     rec = parse_row(obj, index)

@@ -27,11 +27,10 @@ from capro.data.layout import (
     PathError,
     Problem,
     Record,
-    RowError,
     Split,
     available_splits,
-    decode_json,
     escape_text,
+    iter_json_lines,
     path_type,
     read_classes,
     read_split,
@@ -153,14 +152,7 @@ def _parse_truth(path: Path, classes: list[ClassInfo] | None,
     first_line: dict[str, int] = {}
     try:
         with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = decode_json(raw)
-                except RowError as exc:
-                    problems.append(Problem(fname, lineno, None, str(exc)))
-                    continue
+            for lineno, obj in iter_json_lines(fh, fname, problems):
                 rid = obj.get("id") if isinstance(obj, dict) else None
                 reason = _truth_row_problem(obj, names)
                 if reason is None and rid in first_line:
