@@ -56,6 +56,7 @@ from common import (  # noqa: E402
     update_markdown,
 )
 
+from capro.engine.signals import EXIT_PREEMPTED, Preempted  # noqa: E402
 from capro.utils.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402
 
 DEFAULT_WORK = Path(os.environ.get("CAPRO_BENCH_WORK", "/tmp/capro-bench"))
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{profile} {row} seed {seed}: running")
                     try:
                         res = run_one(row, size, profile, seed, args.work)
+                    except Preempted as exc:  # SIGTERM / SIGINT: the run checkpointed; stop here
+                        log(f"{profile} {row} seed {seed}: {exc}")
+                        return EXIT_PREEMPTED
                     except Exception:  # one failed row must not stop the others
                         failures += 1
                         log(f"{profile} {row} seed {seed}: FAILED\n{traceback.format_exc()}")

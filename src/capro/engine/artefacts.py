@@ -62,7 +62,11 @@ def write_run_artefacts(run_dir: Path, model: torch.nn.Module, eval_sets: dict[s
     a warning, never a failed run (the metrics and the model are already written).
     """
     for split, (ids, dataset) in eval_sets.items():
-        logits, targets = collect(model, dataset, device=device, batch_size=batch_size, workers=workers)
+        skipped: list[tuple[int, str]] = []
+        logits, targets = collect(model, dataset, device=device, batch_size=batch_size, workers=workers,
+                                  skipped=skipped)
+        unread = {pos for pos, _ in skipped}
+        ids = [i for pos, i in enumerate(ids) if pos not in unread]  # unreadable images: no row
         write_predictions(run_dir / "eval" / f"{split}_predictions.jsonl", ids, logits, targets, names,
                           multi_label=multi_label)
     write_knn_graph(run_dir)

@@ -4,6 +4,10 @@ A checkpoint is a plain dict of tensors and Python scalars/containers (model and
 dicts, AMP scaler state, epoch and step counters, RNG states, the online-cleaning state), so the
 safe unpickler loads it. RNG states are stored as tensors and lists (:func:`rng_state`).
 
+A full disk (or quota) while saving is a one-line :class:`CaproError` naming the file; the
+temporary file is removed and the previous checkpoint stays loadable, so ``--resume`` continues
+from it once space is freed.
+
 Examples:
     >>> save_checkpoint(path, {"model": model.state_dict(), "epoch": 3, "rng": rng_state()})
     >>> ckpt = load_checkpoint(path)
@@ -12,11 +16,13 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -24,11 +30,57 @@ import torch
 from capro.errors import CaproError
 from capro.utils.io import atomic_write
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _KeepWriteError:
+    """A binary file that remembers the first ``OSError`` of a ``write``: ``torch.save`` reports a
+    failed write as an unrelated ``RuntimeError`` ("unexpected pos"), which hides a full disk."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True
+        exc = exc.__cause__
+    return False
+
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """``torch.save`` into a temporary file renamed over ``path`` (never a truncated file)."""
-    with atomic_write(Path(path), "wb") as fh:
-        torch.save(state, fh)
+    """``torch.save`` into a temporary file renamed over ``path`` (never a truncated file).
+
+    A full disk is a :class:`CaproError` naming ``path``; the previous file at ``path`` is kept.
+    """
+    path = Path(path)
+    try:
+        with atomic_write(path, "wb") as fh:
+            sink = _KeepWriteError(fh)
+            try:
+                torch.save(state, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
+    except (CaproError, OSError) as exc:
+        if not _disk_full(exc):
+            raise
+        raise CaproError(f"{path}: disk full while writing the checkpoint; the previous checkpoint "
+                         "was kept. Free disk space (or point --out elsewhere), then rerun with "
+                         "--resume") from exc
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -41,6 +93,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise CaproError(f"{path}: not a loadable capro checkpoint ({str(exc).splitlines()[0]}); "
                          "delete it and rerun the stage") from exc
+
+
+def check_resume_batch(ck: dict[str, Any], path: str | os.PathLike, *, global_batch: int,
+                       world_size: int) -> None:
+    """Check that a training checkpoint can resume with this launch's ``global_batch``.
+
+    The epoch's sample order is cut into global batches independently of the number of
+    processes (:class:`~capro.engine.loop.EpochSampler`), so a checkpoint written by W processes
+    resumes exactly with W' processes whenever the global batch is the same (W and W' both divide
+    it). When the global batch changed (W' does not divide it), an epoch boundary still resumes,
+    with a warning (the remaining epochs see other batches than the uninterrupted run would);
+    a checkpoint written mid-epoch is refused, because the rest of that epoch cannot be cut the
+    same way. Checkpoints without ``global_batch`` (older capro) are not checked.
+    """
+    old = ck.get("global_batch")
+    if old is None or int(old) == global_batch:
+        return
+    was = f"{old} ({ck.get('world_size', '?')} processes)"
+    if int(ck.get("step_in_epoch", 0)) == 0:
+        warnings.warn(f"{path}: written with a global batch of {was}; this launch trains with "
+                      f"{global_batch} ({world_size} processes), so the result will differ from an "
+                      "uninterrupted run", stacklevel=2)
+        return
+    raise CaproError(f"{path}: written in the middle of epoch {ck.get('epoch')} with a global batch "
+                     f"of {was}, but {world_size} processes give a global batch of {global_batch}; "
+                     f"resume with {ck.get('world_size', 'the same number of')} processes, or "
+                     "rerun without --resume to restart the stage")
 
 
 def rng_state() -> dict[str, Any]:

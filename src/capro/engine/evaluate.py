@@ -2,12 +2,15 @@
 open-set metrics on ``openset_test.jsonl``.
 
 Images go through the test transform (D7) in eval mode; no randomness. N samples, C classes.
+An image that cannot be read (``train.on_bad_image=skip``) is left out: the metrics' ``n`` counts
+the images scored, ``skipped`` (present when > 0) the others, and a warning names them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from capro.data.datasets import EvalDataset
-from capro.data.layout import ClassInfo, Record
+from capro.data.layout import ClassInfo, Record, escape_text
 from capro.errors import DataError
 from capro.eval.metrics import topk_accuracy
 from capro.eval.multilabel import multilabel_metrics
@@ -27,10 +30,13 @@ from capro.eval.openset import openset_metrics
 @torch.no_grad()
 def collect(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 256,
             workers: int = 0, amp: torch.dtype | None = None, fn: str = "logits",
-            show_progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+            show_progress: bool = False, desc: str = "eval",
+            skipped: list[tuple[int, str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` over ``dataset`` in eval mode; return (outputs [N, K] float32, targets).
 
     ``fn``: ``logits`` (forward, [N, C]) or ``features`` (``extract_features``, [N, F]).
+    Samples whose image could not be read (batch ``valid`` False) are left out of both arrays;
+    their (dataset position, reason) pairs are appended to ``skipped`` when given.
     """
     was_training = model.training
     model.eval()
@@ -40,8 +46,15 @@ def collect(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_s
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = call(batch["img"].to(device, non_blocking=True))
-        outs.append(out.float().cpu())
-        targets.append(batch["target"])
+        out, target = out.float().cpu(), batch["target"]
+        valid = batch.get("valid")
+        if valid is not None and not bool(valid.all()):
+            if skipped is not None:
+                skipped += [(int(i), str(e)) for i, ok, e in
+                            zip(batch["index"].tolist(), valid.tolist(), batch["error"]) if not ok]
+            out, target = out[valid], target[valid]
+        outs.append(out)
+        targets.append(target)
     model.train(was_training)
     if not outs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
@@ -58,13 +71,34 @@ def metrics_from_logits(logits: np.ndarray, targets: np.ndarray, *, multi_label:
     return {**topk_accuracy(logits, targets, ks=(1, 5)), "n": n}
 
 
+def _report_skipped(dataset: Dataset, skipped: list[tuple[int, str]], desc: str) -> dict:
+    """{"skipped": k} and a one-line warning naming the first file, or {} when none was skipped."""
+    if not skipped:
+        return {}
+    records, root = getattr(dataset, "records", None), getattr(dataset, "root", None)
+    pos, reason = skipped[0]
+    first = escape_text(str(Path(root) / records[pos].image)) if records is not None else f"#{pos}"
+    more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+    if len(skipped) == len(dataset):
+        raise DataError(f"{first}: cannot read image ({reason}){more}: no image of {desc!r} could "
+                        "be scored; restore the files")
+    print(f"capro: warning: {desc}: skipped {len(skipped)} unreadable images, scored "
+          f"{len(dataset) - len(skipped)} ({first}: {reason}{more})", file=sys.stderr, flush=True)
+    return {"skipped": len(skipped)}
+
+
 def evaluate_model(model: nn.Module, dataset: Dataset, *, multi_label: bool, device: torch.device,
                    batch_size: int = 256, workers: int = 0, amp: torch.dtype | None = None,
                    show_progress: bool = False, desc: str = "eval") -> dict:
-    """Evaluate ``model`` (the plain module, not a DDP wrapper) on ``dataset``."""
+    """Evaluate ``model`` (the plain module, not a DDP wrapper) on ``dataset``.
+
+    ``n`` is the number of images scored; ``skipped`` (only when > 0) the unreadable ones.
+    """
+    skipped: list[tuple[int, str]] = []
     logits, targets = collect(model, dataset, device=device, batch_size=batch_size, workers=workers,
-                              amp=amp, show_progress=show_progress, desc=desc)
-    return metrics_from_logits(logits, targets, multi_label=multi_label)
+                              amp=amp, show_progress=show_progress, desc=desc, skipped=skipped)
+    extra = _report_skipped(dataset, skipped, desc)
+    return {**metrics_from_logits(logits, targets, multi_label=multi_label), **extra}
 
 
 OPENSET_FILE = "openset_test.jsonl"
@@ -120,6 +154,9 @@ def evaluate_openset(model: nn.Module, root: str | os.PathLike, classes: list[Cl
     """Open-set metrics of a single-label ``model`` on ``root/openset_test.jsonl``."""
     records, targets = read_openset(root, classes)
     ds = EvalDataset(root, records, len(classes), size=size, channels=channels)
+    skipped: list[tuple[int, str]] = []
     logits, _ = collect(model, ds, device=device, batch_size=batch_size, workers=workers, amp=amp,
-                        desc="eval open set")
-    return openset_from_logits(logits, targets)
+                        desc="eval open set", skipped=skipped)
+    extra = _report_skipped(ds, skipped, "eval open set")
+    targets = np.delete(targets, [pos for pos, _ in skipped])
+    return {**openset_from_logits(logits, targets), **extra}

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from capro.engine.bad_images import gather_bad_images
 from capro.engine.nonfinite import check_finite
 from capro.model.capro import StepFlags
 from capro.utils.dist import concat_all_gather
@@ -32,6 +33,12 @@ from capro.utils.io import atomic_write
 
 class EpochSampler(Sampler[int]):
     """This rank's sample indices for one epoch: a seeded permutation cut into global batches.
+
+    The permutation and its cut depend on (N, global batch, steps, seed, epoch) only, never on
+    ``world``: the ranks' slices of step s together are the same global batch s for any number of
+    processes. So a checkpoint taken after step s resumes with ``skip=s`` under another world
+    size, as long as the global batch is unchanged (see
+    :func:`capro.engine.checkpoint.check_resume_batch`).
 
     Args:
         n: dataset size N.
@@ -117,21 +124,25 @@ class EpochStats:
     steps: int = 0
     skipped: int = 0
     samples: int = 0
+    """Samples trained on (unreadable images excluded)."""
     clean: int = 0
     relabeled: int = 0
     seconds: float = 0.0
+    bad_images: int = 0
+    """Samples whose image could not be read (placeholders left out of training)."""
 
     def row(self) -> dict[str, float]:
         out = {f"loss_{k}" if k != "loss" else k: v / max(self.steps, 1) for k, v in self.sums.items()}
         out.update(steps=self.steps, skipped=self.skipped,
                    clean_frac=self.clean / max(self.samples, 1),
-                   relabel_frac=self.relabeled / max(self.samples, 1), seconds=self.seconds)
+                   relabel_frac=self.relabeled / max(self.samples, 1), seconds=self.seconds,
+                   bad_images=self.bad_images)
         return out
 
     def state_dict(self) -> dict:
         return {"sums": dict(self.sums), "steps": self.steps, "skipped": self.skipped,
                 "samples": self.samples, "clean": self.clean, "relabeled": self.relabeled,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "bad_images": self.bad_images}
 
 
 def make_loader(dataset, sampler: EpochSampler, *, workers: int, epoch: int, seed: int,
@@ -147,19 +158,29 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+BadImageHook = Callable[[int, list[tuple[int, str]]], None]
+"""``hook(step, [(split index, reason), ...])``: the unreadable images of one global batch."""
+
+
 def train_epoch(*, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                 flags: StepFlags, device: torch.device, amp: torch.dtype | None = None,
                 scaler: torch.amp.GradScaler | None = None, stats: EpochStats | None = None,
                 start_step: int = 0, cleaning: CleaningState | None = None,
                 on_nonfinite: str = "stop", stage: str = "", epoch: int = 0, where: str = "",
                 show_progress: bool = False, warn: Callable[[str], None] | None = None,
-                log_every: int = 0, after_step: Callable[[int, EpochStats], None] | None = None) -> EpochStats:
+                log_every: int = 0, after_step: Callable[[int, EpochStats], None] | None = None,
+                on_bad_image: BadImageHook | None = None) -> EpochStats:
     """Train ``model`` (the CAPro module, or DDP around it) over ``loader`` once.
 
     ``after_step(step_in_epoch_done, stats)`` runs after every optimiser step (checkpointing).
     Without a progress bar, ``log_every > 0`` prints a line to stderr every that many steps.
     A non-finite loss term stops the run naming the stage, epoch, step and term
     (``on_nonfinite="stop"``, :mod:`capro.engine.nonfinite`) or skips the batch on every rank.
+    Samples whose image could not be read (batch ``valid`` False, see
+    :mod:`capro.data.datasets`) are trained on by no one: the step ignores them, they count in
+    ``stats.bad_images`` instead of ``stats.samples``, their online-cleaning verdict becomes
+    "removed", and ``on_bad_image`` gets them with their reasons on every rank before the
+    step (it may raise to stop the run on every rank at once).
     """
     stats = stats or EpochStats()
     model.train()
@@ -168,7 +189,14 @@ def train_epoch(*, model: nn.Module, loader: DataLoader, optimizer: torch.optim.
     t0 = time.perf_counter()
     step = start_step
     for batch in loader:
+        errors = batch.pop("error", None)
         batch = _to_device(batch, device)
+        n_bad = 0
+        if "valid" in batch:
+            n_bad = int((~concat_all_gather(batch["valid"])).sum())
+            if n_bad and on_bad_image is not None:
+                errors = errors or [""] * len(batch["valid"])
+                on_bad_image(step, gather_bad_images(batch["index"], batch["valid"], errors))
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = model(batch, flags)
         loss = out.loss.float()
@@ -190,7 +218,8 @@ def train_epoch(*, model: nn.Module, loader: DataLoader, optimizer: torch.optim.
                 stats.sums[k] = stats.sums.get(k, 0.0) + float(v)
         index = concat_all_gather(batch["index"])
         clean, relabeled = concat_all_gather(out.clean), concat_all_gather(out.relabeled)
-        stats.samples += index.numel()
+        stats.samples += index.numel() - n_bad
+        stats.bad_images += n_bad
         stats.clean += int(clean.sum())
         stats.relabeled += int(relabeled.sum())
         if cleaning is not None and flags.clean:

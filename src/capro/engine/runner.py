@@ -37,7 +37,7 @@ from capro.data.layout import ClassInfo, available_splits, read_classes
 from capro.data.validate import load_split_for_run, read_truth
 from capro.engine.artefacts import write_run_artefacts
 from capro.engine.checkpoint import load_checkpoint, seed_everything
-from capro.engine.distributed import amp_dtype, init_distributed
+from capro.engine.distributed import DistInfo, amp_dtype, init_distributed, peer_failures
 from capro.engine.evaluate import OPENSET_FILE, evaluate_model, evaluate_openset
 from capro.engine.loop import CleaningState, stderr_isatty
 from capro.engine.stages import (
@@ -303,10 +303,19 @@ def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: 
                  resume: bool = False, progress: bool | None = None) -> dict:
     """Run every step of CAPro on ``data_root`` into ``run_dir``; return the metrics (rank 0).
 
-    Other ranks return ``{}``. Launch under ``torchrun`` for several processes.
+    Other ranks return ``{}``. Launch under ``torchrun`` for several processes. A process that
+    loses a peer (it died or hung past ``CAPRO_DIST_TIMEOUT``) raises
+    :class:`~capro.engine.distributed.PeerLost`; ``resume=True`` then continues from the last
+    checkpoint, with the same or another number of processes as long as the global batch stays
+    the same (:func:`~capro.engine.checkpoint.check_resume_batch`).
     """
-    data_root, run_dir = Path(data_root).resolve(), Path(run_dir)
     info = init_distributed(cfg.device)
+    with peer_failures(info.rank, info.world_size):
+        return _run(Path(data_root).resolve(), Path(run_dir), cfg, info, resume=resume, progress=progress)
+
+
+def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume: bool,
+         progress: bool | None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     classes = read_classes(data_root)
     train = load_split_for_run(data_root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
@@ -391,7 +400,7 @@ def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = No
     from the run's config.
     """
     from capro.config import config_from_dict, read_yaml
-    from capro.engine.distributed import DistInfo, resolve_device
+    from capro.engine.distributed import resolve_device
     from capro.report.rundir import resolve_data_root
 
     run_dir = Path(run_dir)

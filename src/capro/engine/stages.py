@@ -6,6 +6,12 @@ per-epoch warm-up + cosine rate, the backbone frozen for epochs < ``frozen_encod
 prototypes initialised from the anchors at the start of ``init_proto_epoch``, a full-state
 checkpoint (``RUN/<stage>/last.pt``) at every epoch end and every ``train.checkpoint_every_steps``
 steps, and ``RUN/<stage>/checkpoint.pt`` with the final weights. Only rank 0 writes files.
+
+Images that cannot be read any more (``train.on_bad_image``, :mod:`capro.engine.bad_images`):
+training stages skip them (recorded in ``RUN/<stage>/bad_images.jsonl``, counted in the
+``bad_images`` column of ``log.csv``), the feature dump gives them zero features
+(``RUN/features/bad_images.jsonl``) and offline cleaning removes them
+(``RUN/stage3a/bad_images.jsonl``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from capro.cleaning import clean_batch, clean_batch_multilabel
 from capro.config import Config, StageConfig
 from capro.data.datasets import EvalDataset, TrainDataset, label_targets
 from capro.data.layout import ClassInfo, Split
+from capro.engine.bad_images import BadImageLog, bad_images
 from capro.engine.checkpoint import (
+    check_resume_batch,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -44,11 +52,11 @@ from capro.engine.loop import (
 )
 from capro.engine.schedule import epoch_lr, set_lr
 from capro.engine.signals import GracefulStop, Preempted, stop_requested_anywhere
-from capro.errors import CaproError
+from capro.errors import CaproError, DataError
 from capro.losses import pos_weights
 from capro.model.capro import CAPro, StepFlags
 from capro.report.verdicts import verdict_row, write_verdicts
-from capro.utils.dist import barrier
+from capro.utils.dist import barrier, concat_all_gather, world_size
 from capro.utils.io import atomic_write
 
 STAGE_SEED = {"stage1": 1, "stage2": 2, "stage3b": 3}
@@ -88,17 +96,26 @@ class RunContext:
         return label_targets(self.train.records, self.num_classes, multi_label=self.multi_label)
 
     def train_dataset(self, **kwargs) -> TrainDataset:
+        """Training views; unreadable images always come as placeholders, so that every rank
+        applies ``train.on_bad_image`` to the same samples (:func:`bad_image_log`)."""
         cfg = self.cfg
         return TrainDataset(self.data_root, kwargs.pop("records", self.train.records), self.num_classes,
                             size=cfg.data.image_size, channels=cfg.data.channels,
                             multi_label=self.multi_label, weak_crop=cfg.data.weak_crop,
-                            strong_crop=cfg.data.strong_crop, seed=cfg.seed, **kwargs)
+                            strong_crop=cfg.data.strong_crop, seed=cfg.seed, on_bad_image="skip",
+                            **kwargs)
 
     def eval_dataset(self, records=None) -> EvalDataset:
+        """Test views (one process reads them); ``train.on_bad_image=stop`` raises in the dataset."""
         cfg = self.cfg
         return EvalDataset(self.data_root, self.train.records if records is None else records,
                            self.num_classes, size=cfg.data.image_size, channels=cfg.data.channels,
-                           multi_label=self.multi_label)
+                           multi_label=self.multi_label, on_bad_image=cfg.train.on_bad_image)
+
+    def bad_image_log(self, name: str) -> BadImageLog:
+        """The record of unreadable training images for stage or pass ``name``."""
+        return BadImageLog(self.run_dir / name, stage=name, root=self.data_root, records=self.train.records,
+                           policy=self.cfg.train.on_bad_image, enabled=self.is_main)
 
 
 def build_model(cfg: Config, num_classes: int, *, multi_label: bool) -> CAPro:
@@ -149,10 +166,12 @@ def anchor_mask(domain: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epoch: int) -> int:
+def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epoch: int,
+                          bad: BadImageLog | None = None) -> int:
     """Prototypes from the momentum-encoder embeddings of every anchor (weak view, eval mode, §3.5).
 
     Every rank embeds all anchors in the same order, so all ranks set identical prototypes.
+    An anchor whose image cannot be read on any rank is left out (and given to ``bad``).
     Returns the number of anchors used.
     """
     idx = np.flatnonzero(anchor_mask(domain))
@@ -166,10 +185,22 @@ def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epo
                         num_workers=ctx.cfg.data.workers)
     was_training = model.training
     model.eval()
-    z = [model.anchor_embeddings(b["img"].to(ctx.dist.device)) for b in loader]
+    z, valid, errors = [], [], []
+    for b in loader:
+        z.append(model.anchor_embeddings(b["img"].to(ctx.dist.device)))
+        valid.append(b["valid"])
+        errors += b["error"]
     model.train(was_training)
-    model.initialise_prototypes(torch.cat(z), torch.as_tensor(targets).to(ctx.dist.device))
-    return int(idx.size)
+    ok = torch.cat(valid).to(ctx.dist.device)
+    ok = concat_all_gather(ok).view(world_size(), -1).all(dim=0)  # the same anchors on every rank
+    if bad is not None and not bool(ok.all()):
+        bad.add([(int(idx[j]), errors[j] or "unreadable in another process")
+                 for j in np.flatnonzero(~ok.cpu().numpy())], during="prototypes", epoch=epoch, step=0)
+    if not bool(ok.any()):
+        warnings.warn("no anchor image could be read: prototypes were not initialised", stacklevel=2)
+        return 0
+    model.initialise_prototypes(torch.cat(z)[ok], torch.as_tensor(targets).to(ctx.dist.device)[ok])
+    return int(ok.sum())
 
 
 def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, dataset: TrainDataset,
@@ -202,12 +233,14 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     cleaning = CleaningState.fresh(ctx.web_targets())
     stats, start_epoch, start_step, global_step, elapsed = EpochStats(), 0, 0, 0, 0.0
     log = EpochLog(stage_dir, enabled=ctx.is_main)
+    bad = ctx.bad_image_log(name)
     last = stage_dir / "last.pt"
     if ctx.resume and last.is_file():
         ck = load_checkpoint(last)
         if ck.get("fingerprint") != fingerprint:
             raise CaproError(f"{last}: written with another config or dataset; rerun without --resume "
                              "to restart this stage")
+        check_resume_batch(ck, last, global_batch=global_batch, world_size=info.world_size)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         if scaler is not None and ck.get("scaler"):
@@ -218,8 +251,10 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
         stats = EpochStats(**ck["stats"])
         set_rng_state(ck["rng"])
         log.restore(start_epoch)
+        bad.start(resume_at=(start_epoch, start_step))
     else:
         seed_everything(cfg.seed + STAGE_SEED[name])
+        bad.start()
     model.to(device)
     t_start = time.perf_counter()
 
@@ -232,6 +267,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
                 "lr": optimizer.param_groups[0]["lr"], "rng": rng_state(),
                 "cleaning": cleaning.state_dict(), "stats": epoch_stats.state_dict(),
                 "elapsed": elapsed + time.perf_counter() - t_start,
+                "global_batch": global_batch, "world_size": info.world_size,
             })
 
     frozen_now: bool | None = None
@@ -246,7 +282,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             set_lr(optimizer, lr)
             if (start_step == 0 and domain is not None and st.init_proto_epoch == epoch
                     and cfg.method.prototypes == "anchors"):
-                initialise_prototypes(ctx, model, domain, epoch)
+                initialise_prototypes(ctx, model, domain, epoch, bad)
             flags = stage_flags(name, st, cfg, epoch, prototypes_ready=bool(model.prototypes_ready))
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch, skip=start_step)
@@ -259,7 +295,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
                 every = cfg.train.checkpoint_every_steps
                 if stop_requested_anywhere(stop.should_stop, device):
                     save(epoch, step_done, epoch_stats)
-                    raise Preempted(f"{name}: stopped by {stop.signal_name} at epoch {epoch} step "
+                    by = stop.signal_name or "a signal to another process"
+                    raise Preempted(f"{name}: stopped by {by} at epoch {epoch} step "
                                     f"{step_done}; checkpoint written to {last}; rerun with --resume")
                 if every > 0 and global_step % every == 0 and step_done < steps:
                     save(epoch, step_done, epoch_stats)
@@ -271,7 +308,9 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
                                 warn=_warn if ctx.is_main else None,
                                 where=f"{name} epoch {epoch + 1}/{st.epochs}",
                                 show_progress=ctx.progress, after_step=after_step,
-                                log_every=cfg.train.log_every if ctx.is_main and ctx.log_steps else 0)
+                                log_every=cfg.train.log_every if ctx.is_main and ctx.log_steps else 0,
+                                on_bad_image=lambda step, items, epoch=epoch: bad.add(
+                                    items, during="training", epoch=epoch, step=step))
             log.append({"epoch": epoch, "lr": lr, "frozen": int(frozen), **stats.row()})
             start_step, stats = 0, EpochStats()
             save(epoch + 1, 0, stats)
@@ -289,11 +328,28 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
 
 
 def dump_features(ctx: RunContext, model: CAPro) -> np.ndarray:
-    """[N, F] float32 ``encoder_q`` features of the training split (test transform, eval mode)."""
+    """[N, F] float32 ``encoder_q`` features of the training split (test transform, eval mode).
+
+    An image that cannot be read gets a zero row (no similarity to any sample in the kNN graph)
+    and a row in ``RUN/features/bad_images.jsonl``.
+    """
+    bad = ctx.bad_image_log("features")
+    bad.start()
+    skipped: list[tuple[int, str]] = []
     feats, _ = collect(model, ctx.eval_dataset(), device=ctx.dist.device,
                        batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
-                       amp=ctx.amp, fn="features", show_progress=ctx.progress, desc="features")
-    return feats
+                       amp=ctx.amp, fn="features", show_progress=ctx.progress, desc="features",
+                       skipped=skipped)
+    if not skipped:
+        return feats
+    bad.add(skipped, during="features")
+    n = len(ctx.train)
+    if len(skipped) == n:
+        raise DataError(f"{ctx.data_root}: none of the {n} training images could be read (see "
+                        f"{bad.path}); restore the files")
+    full = np.zeros((n, feats.shape[1]), np.float32)
+    full[np.setdiff1d(np.arange(n), [i for i, _ in skipped])] = feats
+    return full
 
 
 @dataclass
@@ -323,15 +379,23 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
     model.eval()
     loader = DataLoader(ctx.eval_dataset(), batch_size=cfg.train.eval_batch_size, shuffle=False,
                         num_workers=cfg.data.workers)
-    scores, nearest = [], []
+    scores, nearest, valid, skipped = [], [], [], []
     protos = model.prototypes
     for batch in loader:
         out = model.analyse(batch["img"].to(device), alpha=cfg.method.alpha)
         scores.append(out["scores"].float().cpu())
+        valid.append(batch["valid"])
+        skipped += bad_images(batch["index"], batch["valid"], batch["error"])
         if not ctx.multi_label:
             nearest.append((out["embedding"] @ protos.t()).argmax(dim=1).cpu())
     model.train()
     s = torch.cat(scores)
+    ok = torch.cat(valid)
+    bad = ctx.bad_image_log("stage3a")
+    bad.start()
+    bad.add(skipped, during="cleaning")
+    # an unreadable image carries no evidence: uniform scores (0.5 per class if multi-label), removed
+    s[~ok] = 0.5 if ctx.multi_label else 1.0 / ctx.num_classes
     with atomic_write(ctx.run_dir / "stage3a" / "probs.npy", "wb") as fh:
         np.save(fh, s.numpy().astype(np.float32))  # [N, C] scores s_i: cleanlab's pred_probs
     web = torch.as_tensor(ctx.web_targets())
@@ -342,8 +406,9 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
     if ctx.multi_label:
         res = clean_batch_multilabel(s, web.float(), pseudo_th=tau, num_classes=ctx.num_classes,
                                      anchor=dom if cfg.clean.protect_anchors else None)
-        relabeled = res.flipped.any(dim=1)
-        verdict = OfflineCleaning(res.target.numpy(), res.clean.numpy(), relabeled.numpy())
+        relabeled = res.flipped.any(dim=1) & ok
+        target = torch.where(ok[:, None], res.target, torch.full_like(res.target, -1))
+        verdict = OfflineCleaning(target.numpy(), (res.clean & ok).numpy(), relabeled.numpy())
         for i, rec in enumerate(ctx.train.records):
             web_names = [names[c] for c in rec.labels]
             final = [names[c] for c in np.flatnonzero(verdict.target[i] == 1)]
@@ -359,8 +424,9 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
                 text_distance=None))
     else:
         res = clean_batch(s, web, pseudo_th=tau, anchor=dom.bool() if cfg.clean.protect_anchors else None)
-        target = torch.where(res.clean, res.target, torch.full_like(res.target, -1))
-        verdict = OfflineCleaning(target.numpy(), res.clean.numpy(), res.relabeled.numpy())
+        clean = res.clean & ok
+        target = torch.where(clean, res.target, torch.full_like(res.target, -1))
+        verdict = OfflineCleaning(target.numpy(), clean.numpy(), (res.relabeled & ok).numpy())
         suggested = s.argmax(dim=1)
         near = torch.cat(nearest) if nearest else suggested
         td = text_distance

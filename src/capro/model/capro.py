@@ -238,8 +238,19 @@ class CAPro(nn.Module):
 
         ``batch``: "img" [B, ...] weak view, "img_aug" [B, ...] strong view, "target" [B] long
         (multi-label [B, C] float), "anchor" [B] bool (multi-label "domain" [B, C] int8),
-        "weight" [B] float (optional, ones). Under DDP every rank must pass the same B
-        (shuffle-BN and the all-gathers of keys and prototype-update samples rely on it).
+        "weight" [B] float (optional, ones), "valid" [B] bool (optional, all True). Under DDP
+        every rank must pass the same B (shuffle-BN and the all-gathers of keys and
+        prototype-update samples rely on it).
+
+        Invalid samples (placeholders for images that could not be read, kept so that every rank
+        keeps the same B) are left out of everything the step learns from: every loss term
+        (the instance loss is the mean over the valid samples only), the cleaning verdict
+        (reported as not clean and not relabelled, with the input label), the prototype update,
+        the in-batch neighbours of the ``ncr`` targets, and the queue (only valid keys are
+        enqueued; the mask is all-gathered, so every rank's queue gets the same keys). A step
+        with a placeholder computes what the same step without it would, except where the
+        backbone itself mixes samples: a train-mode BatchNorm (and the shuffle-BN of the keys)
+        includes the placeholder in its batch statistics, like any other sample of the batch.
         """
         _check_flags(flags)
         img, img_aug = batch["img"], batch["img_aug"]
@@ -247,6 +258,12 @@ class CAPro(nn.Module):
         weight = batch.get("weight")
         weight = (
             torch.ones(n, device=img.device) if weight is None else weight.to(img.device).float()
+        )
+        valid = batch.get("valid")
+        valid = (
+            torch.ones(n, dtype=torch.bool, device=img.device)
+            if valid is None
+            else valid.to(img.device).bool()
         )
         proto_on = flags.use_prototypes or flags.prototypes_mode == "all"
 
@@ -256,14 +273,9 @@ class CAPro(nn.Module):
         keys = self._keys(img_aug)
         protos = self.prototypes.clone()
         queue_before = self.queue.clone()
-        self._dequeue_and_enqueue(keys)
-        if self.multi_label:
-            return self._multilabel_step(
-                batch, flags, out, keys, queue_before, protos, weight, proto_on
-            )
-        return self._single_label_step(
-            batch, flags, out, keys, queue_before, protos, weight, proto_on
-        )
+        self._dequeue_and_enqueue(keys, valid)
+        step = self._multilabel_step if self.multi_label else self._single_label_step
+        return step(batch, flags, out, keys, queue_before, protos, weight, valid, proto_on)
 
     def _single_label_step(
         self,
@@ -274,12 +286,14 @@ class CAPro(nn.Module):
         queue_before: Tensor,
         protos: Tensor,
         weight: Tensor,
+        valid: Tensor,
         proto_on: bool,
     ) -> StepOutput:
         """Steps 8-12 of §3.5 for single-label data (keys already enqueued)."""
         target = batch["target"].to(out.p.device).long()
+        web = target
         n = target.shape[0]
-        soft = self._soft_target_single(flags, out, target, proto_on)
+        soft = self._soft_target_single(flags, out, target, valid, proto_on)
         proto_logits = out.z @ protos.t() / self.temperature
 
         if flags.clean:
@@ -297,6 +311,7 @@ class CAPro(nn.Module):
         else:
             clean = torch.ones(n, dtype=torch.bool, device=target.device)
             relabeled = torch.zeros(n, dtype=torch.bool, device=target.device)
+        target, clean, relabeled = _drop_invalid(valid, web, target, clean, relabeled)
 
         if flags.update_prototypes:
             self._update_prototypes(out.z.detach(), target, clean)
@@ -304,7 +319,9 @@ class CAPro(nn.Module):
         y, w = target[clean], weight[clean]
         terms = {
             "cls": losses.classification_loss(out.p[clean], y, weight=w),
-            "inst": losses.instance_loss(out.z, keys, queue_before, temperature=self.temperature),
+            "inst": losses.instance_loss(
+                out.z[valid], keys[valid], queue_before, temperature=self.temperature
+            ),
             "aux": losses.auxiliary_loss(
                 out.q[clean], y, None if soft is None else soft[clean], beta=flags.beta, weight=w
             ),
@@ -327,12 +344,14 @@ class CAPro(nn.Module):
         queue_before: Tensor,
         protos: Tensor,
         weight: Tensor,
+        valid: Tensor,
         proto_on: bool,
     ) -> StepOutput:
         """§3.7 with D6: per-class prototypes [C, 2, D], masked BCE losses, per-class cleaning."""
         target = batch["target"].to(out.p.device).float()
+        web = target
         n = target.shape[0]
-        soft = self._soft_target_multi(flags, out, target, proto_on)
+        soft = self._soft_target_multi(flags, out, target, valid, proto_on)
         proto_logits = torch.einsum("bcd,ckd->bck", out.zc, protos) / self.temperature
 
         if flags.clean:
@@ -352,6 +371,7 @@ class CAPro(nn.Module):
         else:
             clean = torch.ones(n, dtype=torch.bool, device=target.device)
             relabeled = torch.zeros(n, dtype=torch.bool, device=target.device)
+        target, clean, relabeled = _drop_invalid(valid, web, target, clean, relabeled)
 
         if flags.update_prototypes:
             self._update_prototypes(out.zc.detach(), target, clean)
@@ -365,7 +385,9 @@ class CAPro(nn.Module):
             )
         terms = {
             "cls": losses.multilabel_bce(out.p[clean], y, pos_weight=pos_weight, weight=w),
-            "inst": losses.instance_loss(out.z, keys, queue_before, temperature=self.temperature),
+            "inst": losses.instance_loss(
+                out.z[valid], keys[valid], queue_before, temperature=self.temperature
+            ),
             "aux": aux,
             "recn": losses.reconstruction_loss(out.recon[clean], out.v[clean], weight=w),
         }
@@ -480,12 +502,15 @@ class CAPro(nn.Module):
         return x_all[idx_unshuffle.view(world_size(), -1)[rank()]]
 
     @torch.no_grad()
-    def _dequeue_and_enqueue(self, keys: Tensor) -> None:
+    def _dequeue_and_enqueue(self, keys: Tensor, valid: Tensor | None = None) -> None:
         """Write the all-gathered keys FIFO at ``queue_ptr``, wrapping around the end.
 
-        When the global batch exceeds Q, only its last Q keys are kept.
+        keys [B, D]; valid [B] bool (None: all): only the valid keys of the global batch are
+        written, in rank order. When more than Q keys are written, only the last Q are kept.
         """
         keys = concat_all_gather(keys)
+        if valid is not None:
+            keys = keys[concat_all_gather(valid.contiguous())]
         size = self.queue.shape[0]
         n = keys.shape[0]
         start = self.queue_ptr + max(n - size, 0)
@@ -520,7 +545,7 @@ class CAPro(nn.Module):
 
     @torch.no_grad()
     def _soft_target_single(
-        self, flags: StepFlags, out: _Forward, target: Tensor, proto_on: bool
+        self, flags: StepFlags, out: _Forward, target: Tensor, valid: Tensor, proto_on: bool
     ) -> Tensor | None:
         """Soft target [B, C] of the auxiliary classifier for ``flags.bootstrap`` (None: plain CE)."""
         mode = flags.bootstrap
@@ -531,12 +556,12 @@ class CAPro(nn.Module):
         if mode == "label_smoothing":
             return bootstrap.label_smoothing_target(target, self.num_classes)
         if mode == "ncr":
-            return bootstrap.ncr_target(out.z.detach(), out.q.detach().softmax(dim=1))
+            return _ncr_among_valid(out.z.detach(), out.q.detach().softmax(dim=1), valid)
         return None
 
     @torch.no_grad()
     def _soft_target_multi(
-        self, flags: StepFlags, out: _Forward, target: Tensor, proto_on: bool
+        self, flags: StepFlags, out: _Forward, target: Tensor, valid: Tensor, proto_on: bool
     ) -> Tensor | None:
         """Multi-label soft targets in [0, 1] per class ("label_smoothing": y (1 - 0.1) + 0.05)."""
         mode = flags.bootstrap
@@ -547,7 +572,7 @@ class CAPro(nn.Module):
         if mode == "label_smoothing":
             return target.clamp(min=0) * 0.9 + 0.05
         if mode == "ncr":
-            return bootstrap.ncr_target(out.z.detach(), torch.sigmoid(out.q.detach()))
+            return _ncr_among_valid(out.z.detach(), torch.sigmoid(out.q.detach()), valid)
         return None
 
     @torch.no_grad()
@@ -599,6 +624,22 @@ def _check_flags(flags: StepFlags) -> None:
             f"unknown prototypes mode {flags.prototypes_mode!r}: "
             f"choose one of {', '.join(PROTOTYPE_MODES)}"
         )
+
+
+def _drop_invalid(
+    valid: Tensor, web: Tensor, target: Tensor, clean: Tensor, relabeled: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Invalid samples: input label ``web``, not clean, not relabelled (the rest unchanged)."""
+    keep = valid.view(-1, *([1] * (target.dim() - 1)))
+    return torch.where(keep, target, web.to(target.dtype)), clean & valid, relabeled & valid
+
+
+@torch.no_grad()
+def _ncr_among_valid(z: Tensor, probs: Tensor, valid: Tensor) -> Tensor:
+    """NCR targets [B, C] whose neighbours are valid samples only (invalid rows: own prediction)."""
+    out = probs.to(torch.promote_types(probs.dtype, torch.float32)).clone()
+    out[valid] = bootstrap.ncr_target(z[valid], probs[valid]).to(out)
+    return out
 
 
 def _same_size_on_all_ranks(n: int, device: torch.device) -> bool:
