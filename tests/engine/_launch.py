@@ -102,7 +102,7 @@ GN_OVERRIDES = ["model.backbone=gn_cnn", "stage1.epochs=1", "stage2.epochs=2",
 (``gn=True``, or :func:`gn_backbone` in this process)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -114,7 +114,7 @@ def start(args: list[str], *, logs: Path, world: int = 1, at: str = "", gn: bool
     to ``logs.r<r>.out`` / ``logs.r<r>.err``."""
     base = {**os.environ, **(env or {}), "CAPRO_TEST_AT": at, "CAPRO_TEST_GN": "1" if gn else ""}
     if world > 1:
-        base.update(WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        base.update(WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     procs = []
     for r in range(world):
         rank_env = {**base, "RANK": str(r), "LOCAL_RANK": str(r)} if world > 1 else base

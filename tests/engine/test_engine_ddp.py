@@ -16,56 +16,26 @@ same size as the 1-vs-2-process gap. So the run is kept to 6 steps (2 per epoch)
 amplification is still ~1e-7, with a 96-key queue so that it wraps (global batch 32) within them.
 """
 
-import socket
+import os
 import subprocess
 import sys
 
 import torch
+from _launch import GN_OVERRIDES, free_port
 
-LAUNCHER = '''
-import sys
-from torch import nn
-from capro.model import backbones
-
-class GNNet(nn.Module):
-    def __init__(self, in_chans):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(in_chans, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(4, 32), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x):
-        return self.net(x)
-
-backbones.BACKBONES["gn_cnn"] = lambda *, in_chans: (GNNet(in_chans), 32)
-from capro.cli import main
-sys.exit(main(sys.argv[1:]))
-'''
-
-OVERRIDES = ["model.backbone=gn_cnn", "stage1.epochs=1", "stage2.epochs=2",
-             "stage2.frozen_encoder_epoch=1", "stage2.init_proto_epoch=0",
-             "stage2.start_clean_epoch=null", "stage3.epochs=0", "train.max_steps_per_epoch=2",
-             "model.queue=96"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LAUNCHER = os.path.join(os.path.dirname(__file__), "_launch.py")
 
 
 def test_two_gloo_processes_match_one(tiny_web_data, tmp_path):
-    script = tmp_path / "launch.py"
-    script.write_text(LAUNCHER)
-    args = ["run", str(tiny_web_data), *OVERRIDES, "--preset", "tiny", "--device", "cpu"]
-    one = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "CAPRO_TEST_GN": "1", "CAPRO_TEST_AT": ""}  # the GroupNorm backbone
+    args = ["run", str(tiny_web_data), *GN_OVERRIDES, "--preset", "tiny"]
+    one = subprocess.run([sys.executable, LAUNCHER, *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                          str(script), *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600)
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                          LAUNCHER, *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["model"]

@@ -299,6 +299,11 @@ def train_truth_metrics(ctx: RunContext, truth: dict[str, dict], *, domain: np.n
     return out
 
 
+def queue_too_big(queue: int, n_train: int) -> bool:
+    """Whether a MoCo queue of ``queue`` keys is too large for ``n_train`` images (> N/2)."""
+    return 2 * queue > n_train
+
+
 def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, *,
                  resume: bool = False, progress: bool | None = None) -> dict:
     """Run every step of CAPro on ``data_root`` into ``run_dir``; return the metrics (rank 0).
@@ -326,6 +331,11 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                       "multi-label run trains without it (set stage3.mixup=false to silence this)",
                       stacklevel=2)
         cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, mixup=False))
+    if info.is_main and queue_too_big(cfg.model.queue, len(train.records)):
+        warnings.warn(f"model.queue={cfg.model.queue} holds more than half of the "
+                      f"{len(train.records)} training images: the instance loss then often finds an "
+                      "older key of the same image among its negatives; set model.queue to N/8 or less",
+                      stacklevel=2)
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "run.json", {"data": str(data_root), "world_size": info.world_size,
