@@ -24,6 +24,7 @@ import platform
 import time
 from pathlib import Path
 
+from capro.cli.demo import MULTILABEL_OVERRIDES
 from capro.config import load_config
 from capro.data.simulate import simulate
 from capro.engine.runner import run_pipeline
@@ -31,7 +32,8 @@ from capro.utils.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {"train_size": 2000, "val_size": 200, "test_size": 500, "image_size": 32}
-COMMON = ["model.backbone=simple_cnn", "data.workers=0", "data.image_size=32"]
+COMMON = ["model.backbone=simple_cnn", "data.workers=0", "data.image_size=32", "model.queue=256"]
+ML_CAPRO = MULTILABEL_OVERRIDES
 
 
 def _budget() -> int:
@@ -63,12 +65,12 @@ def _machine() -> dict:
 
 def multilabel(work: Path) -> dict:
     data = _data(work, "ml", multilabel=True)
-    capro, t_capro = _run(data, work / "ml_capro", ["stage3.mixup=false"])
+    capro, t_capro = _run(data, work / "ml_capro", ML_CAPRO)
     bce, t_bce = _run(data, work / "ml_bce", BASELINE)
     split = next(iter(capro["eval"]))
     out = {
         "scenario": "multilabel", "data": {**SIZES, "profile": "web", "seed": 0}, "split": split,
-        "config": {"preset": "cpu", "common": COMMON, "capro": ["stage3.mixup=false"], "bce": BASELINE},
+        "config": {"preset": "cpu", "common": COMMON, "capro": ML_CAPRO, "bce": BASELINE},
         "capro_stage1": capro["stages"]["stage1"]["eval"][split],
         "capro_final": capro["eval"][split],
         "bce_baseline": bce["eval"][split],
