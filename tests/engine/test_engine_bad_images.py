@@ -371,3 +371,32 @@ def test_two_gloo_ranks_stay_in_step_when_one_meets_a_bad_image(tiny_web_data, t
     assert [(r["during"], r["epoch"], r["step"]) for r in rows][:2] == [("prototypes", 0, 0), ("training", 0, 0)]
     assert len(rows) == 1 + n_bad
     assert len({(r["during"], r["epoch"], r["step"]) for r in rows}) == len(rows)
+
+
+# ---------------------------------------------------------------- capro evaluate
+def test_evaluate_honours_the_run_policy_for_unreadable_images(tiny_run, tiny_web_data, tmp_path, capsys):
+    import json
+
+    root = _copy_valid(tiny_web_data, tmp_path / "data")
+    test = read_split(root, "test").records
+    _break(root / test[3].image, "garbage")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+
+    def set_policy(policy: str) -> None:  # the run's config travels in RUN/model.pt
+        state = torch.load(run / "model.pt", weights_only=True)
+        state["config"]["data"]["check_images"] = False  # the file broke after validation
+        state["config"]["train"]["on_bad_image"] = policy
+        torch.save(state, run / "model.pt")
+
+    set_policy("skip")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(root), "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == len(test) - 1 and out["skipped"] == 1
+
+    set_policy("stop")
+    assert main(["evaluate", str(run), "--data", str(root), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"capro evaluate: error: {root / test[3].image}: cannot read image of id={test[3].id}")

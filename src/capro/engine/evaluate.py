@@ -150,10 +150,16 @@ def openset_from_logits(logits: np.ndarray, targets: np.ndarray) -> dict:
 
 def evaluate_openset(model: nn.Module, root: str | os.PathLike, classes: list[ClassInfo], *,
                      size: int, channels: int, device: torch.device, batch_size: int = 256,
-                     workers: int = 0, amp: torch.dtype | None = None) -> dict:
-    """Open-set metrics of a single-label ``model`` on ``root/openset_test.jsonl``."""
+                     workers: int = 0, amp: torch.dtype | None = None,
+                     on_bad_image: str = "skip") -> dict:
+    """Open-set metrics of a single-label ``model`` on ``root/openset_test.jsonl``.
+
+    An unreadable image is skipped and reported (``on_bad_image="skip"``) or stops with a
+    DataError naming it (``"stop"``).
+    """
     records, targets = read_openset(root, classes)
-    ds = EvalDataset(root, records, len(classes), size=size, channels=channels)
+    ds = EvalDataset(root, records, len(classes), size=size, channels=channels,
+                     on_bad_image=on_bad_image)
     skipped: list[tuple[int, str]] = []
     logits, _ = collect(model, ds, device=device, batch_size=batch_size, workers=workers, amp=amp,
                         desc="eval open set", skipped=skipped)

@@ -87,7 +87,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None =
     sp = load_split_for_run(root, split, run_dir=None, skip_bad=cfg.data.skip_bad,
                             check_images=cfg.data.check_images, classes=classes)
     ds = EvalDataset(root, sp.records, len(classes), size=cfg.data.image_size,
-                     channels=cfg.data.channels, multi_label=multi)
+                     channels=cfg.data.channels, multi_label=multi, on_bad_image=cfg.train.on_bad_image)
     out = evaluate_model(model, ds, multi_label=multi, device=dev, batch_size=cfg.train.eval_batch_size,
                          workers=cfg.data.workers)
     return {"split": split, "data": str(root), **out}
@@ -111,7 +111,8 @@ def evaluate_openset_run(run_dir: str | os.PathLike, *, data: str | os.PathLike 
     _check_classes(root, classes)
     out = {"data": str(root), **evaluate_openset(
         model, root, classes, size=cfg.data.image_size, channels=cfg.data.channels, device=dev,
-        batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers)}
+        batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers,
+        on_bad_image=cfg.train.on_bad_image)}
     path = Path(run_dir) / "metrics.json"
     metrics = read_json(path) if path.is_file() else {}
     write_json(path, {**metrics, "openset": {k: v for k, v in out.items() if k != "data"}})

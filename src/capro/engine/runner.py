@@ -156,7 +156,7 @@ class _Pipeline:
         return {"openset": evaluate_openset(
             model, ctx.data_root, ctx.classes, size=ctx.cfg.data.image_size, channels=ctx.cfg.data.channels,
             device=ctx.dist.device, batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
-            amp=ctx.amp)}
+            amp=ctx.amp, on_bad_image=ctx.cfg.train.on_bad_image)}
 
     def stage_eval(self, model: CAPro) -> dict:
         """Metrics of ``model`` on the evaluation split and the open-set manifest (rank 0; {}
