@@ -73,7 +73,7 @@ def precision_at_k(distance: np.ndarray, web: np.ndarray, true: np.ndarray, k: i
     return float(np.mean(precs))
 
 
-def analyse(work: Path, profile: str) -> dict:
+def analyse(work: Path, profile: str, seed: int) -> dict:
     data = work / f"data_{profile}"
     classes = json.loads((data / "classes.json").read_text())
     names = [c["name"] for c in (classes["classes"] if isinstance(classes, dict) else classes)]
@@ -93,8 +93,7 @@ def analyse(work: Path, profile: str) -> dict:
     out: dict = {"profile": profile, "n_train": len(ids), "noise_rate": float(np.mean(true != web)),
                  "missing_text_rate": float(missing.mean()),
                  "stage1_test_top1": stage1.get("eval", {}).get("test", {}).get("top1"),
-                 "variants": {}, "overrides": {k: v for k, v in VARIANTS.items()},
-                 "run_overrides": run_overrides(0)}
+                 "variants": {}, "overrides": dict(VARIANTS), "run_overrides": run_overrides(seed)}
     for name in VARIANTS:
         match = work / f"match_{profile}_{name}"
         anchors = [json.loads(line) for line in (match / "anchors.jsonl").read_text().splitlines() if line]
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.analyse_only:
         prepare(args.work, args.profile, args.seed, args.train_size)
-    result = analyse(args.work, args.profile)
+    result = analyse(args.work, args.profile, args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"anchors_{args.profile}.json").write_text(json.dumps(result, indent=1) + "\n")
     for name, res in result["variants"].items():

@@ -33,7 +33,6 @@ from capro.utils.io import write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {"train_size": 2000, "val_size": 200, "test_size": 500, "image_size": 32}
 COMMON = ["model.backbone=simple_cnn", "data.workers=0", "data.image_size=32", "model.queue=256"]
-ML_CAPRO = MULTILABEL_OVERRIDES
 
 
 def _budget() -> int:
@@ -65,12 +64,12 @@ def _machine() -> dict:
 
 def multilabel(work: Path) -> dict:
     data = _data(work, "ml", multilabel=True)
-    capro, t_capro = _run(data, work / "ml_capro", ML_CAPRO)
+    capro, t_capro = _run(data, work / "ml_capro", MULTILABEL_OVERRIDES)
     bce, t_bce = _run(data, work / "ml_bce", BASELINE)
     split = next(iter(capro["eval"]))
     out = {
         "scenario": "multilabel", "data": {**SIZES, "profile": "web", "seed": 0}, "split": split,
-        "config": {"preset": "cpu", "common": COMMON, "capro": ML_CAPRO, "bce": BASELINE},
+        "config": {"preset": "cpu", "common": COMMON, "capro": MULTILABEL_OVERRIDES, "bce": BASELINE},
         "capro_stage1": capro["stages"]["stage1"]["eval"][split],
         "capro_final": capro["eval"][split],
         "bce_baseline": bce["eval"][split],
