@@ -41,7 +41,7 @@ TOP_K = (50, 100, 200, 400, 800)
 def run_overrides(seed: int) -> list[str]:
     return [f"seed={seed}", "data.image_size=16", "model.backbone=simple_cnn", "data.workers=0",
             "stage1.epochs=5", "stage2.epochs=1", "stage3.epochs=0", "stage1.batch_size=128",
-            "stage2.batch_size=128"]
+            "stage2.batch_size=128", "stage1.w_inst=1", "stage2.w_inst=1"]  # as recorded
 
 
 def capro(*args: str) -> None:

@@ -76,6 +76,12 @@ class Size:
     """Further overrides for every row (graph sizes, stage-2 gates)."""
 
 
+# The tables in BENCHMARKS.md were measured with the paper's instance-loss weight, the ``cpu``
+# preset's value then; pinned so that the recorded commands still reproduce them (the preset now
+# uses 0.1; BENCHMARKS.md reports that variant beside the protocol).
+PAPER_W_INST = ("stage1.w_inst=1", "stage2.w_inst=1")
+
+
 SIZES: dict[str, Size] = {
     "quick": Size("quick", train_size=1000, val_size=100, test_size=500, image_size=32,
                   e1=2, e2=2, e3=1, batch_size=64, backbone="resnet18_tiny",
@@ -105,7 +111,8 @@ def _two_stage(size: Size, *, finetune: bool = False) -> list[str]:
 def common_overrides(size: Size, seed: int) -> list[str]:
     """The overrides every row shares: seed, image size, backbone, batch sizes, graph sizes."""
     return [f"seed={seed}", f"data.image_size={size.image_size}", f"model.backbone={size.backbone}",
-            *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)), *size.overrides]
+            *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)), *PAPER_W_INST,
+            *size.overrides]
 
 
 def row_specific_overrides(row: str, size: Size) -> list[str]:
