@@ -51,6 +51,10 @@ def test_rows_differ_only_where_benchmark_md_says():
         assert cfg[row].stage1 == cfg["capro"].stage1
     assert cfg["capro-ft"].stage2 == cfg["capro"].stage2
     assert cfg["capro"].match.anchors == "text" and cfg["capro"].graph.enhance is True
+    # The recorded tables used the paper's instance-loss weight; the cpu preset has 0.1 since.
+    assert bc.load_config(preset="cpu").stage1.w_inst == 0.1
+    for row in ("vanilla", "mopro", "capro", "capro-ft"):
+        assert (cfg[row].stage1.w_inst, cfg[row].stage2.w_inst) == (1.0, 1.0)
 
 
 def test_shared_steps_only_between_rows_with_equal_upstream_configs():
