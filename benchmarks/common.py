@@ -28,11 +28,15 @@ RESULTS = ROOT / "benchmarks" / "results"
 MARKDOWN = ROOT / "BENCHMARKS.md"
 
 ROWS: tuple[str, ...] = ("ce", "vanilla", "mopro", "capro-random-anchors", "capro-no-enhance",
-                         "capro", "capro-ft", "cleanlab")
-"""The quality rows, in table order (benchmark.md)."""
+                         "capro", "capro-ft", "cleanlab", "oracle")
+"""The quality rows, in table order (benchmark.md); ``oracle`` (CE on the truly clean rows only,
+from ``truth.jsonl``) is the ceiling, not a competitor."""
 
-RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "cleanlab", "vanilla", "capro-no-enhance",
-                              "capro-random-anchors", "mopro")
+DERIVED_ROWS: dict[str, str] = {"ce-best": "ce"}
+"""Rows read off another row's run: ``ce-best`` is ``ce`` at its best-validation epoch."""
+
+RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "oracle", "cleanlab", "vanilla",
+                              "capro-no-enhance", "capro-random-anchors", "mopro")
 """The order rows are run in: the headline comparison first; ``capro`` before the three rows
 that reuse its finished steps."""
 
@@ -50,7 +54,8 @@ STAGE_ORDER: tuple[str, ...] = ("text", "stage1", "features", "anchors", "stage2
 """Column order of the wall-time table (the pipeline's order; cleanlab's steps last)."""
 
 METRICS: tuple[str, ...] = ("top1", "top5", "anchor_precision", "noise_precision", "noise_recall",
-                            "noise_f1", "relabel_accuracy", "seconds")
+                            "noise_f1", "relabel_accuracy", "seconds", "top1_best", "best_epoch",
+                            "noisy_fit", "stage1_top1", "stage2_top1")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,10 @@ class Size:
     """Cross-validation folds of the ``cleanlab`` recipe."""
     overrides: tuple[str, ...] = ()
     """Further overrides for every row (graph sizes, stage-2 gates)."""
+    rows: tuple[str, ...] = ROWS
+    """The rows this size runs by default."""
+    paper_w_inst: bool = True
+    """Pin the paper's instance-loss weight 1 (the recorded ``quick`` and ``full`` tables used it)."""
 
 
 # The tables in BENCHMARKS.md were measured with the paper's instance-loss weight, the ``cpu``
@@ -95,7 +104,19 @@ SIZES: dict[str, Size] = {
     "full": Size("full", train_size=2000, val_size=500, test_size=1000, image_size=16,
                  e1=4, e2=8, e3=2, batch_size=128, backbone="simple_cnn",
                  overrides=("model.queue=256", "data.workers=0", "stage2.frozen_encoder_epoch=1",
-                            "stage2.init_proto_epoch=1", "stage2.start_clean_epoch=1")),
+                            "stage2.init_proto_epoch=1", "stage2.start_clean_epoch=1"),
+                 rows=ROWS[:-1]),
+    # The regime where label noise hurts: the data and model of ``full`` trained for 120 epochs,
+    # until plain CE fits a large share of the wrong labels and falls from its peak. Every stage
+    # keeps its last epoch (the protocol's "last"); validation and test are scored after every
+    # epoch, so each row is also read at its best-validation epoch (test never selects). The
+    # ``cpu`` preset's instance-loss weight (0.1).
+    "long": Size("long", train_size=2000, val_size=500, test_size=1000, image_size=16,
+                 e1=10, e2=110, e3=2, batch_size=128, backbone="simple_cnn",
+                 overrides=("model.queue=256", "data.workers=0", "stage2.frozen_encoder_epoch=1",
+                            "stage2.init_proto_epoch=1", "stage2.start_clean_epoch=1",
+                            "train.keep=last", "train.curve_splits=[test]"),
+                 rows=("ce", "capro", "capro-ft", "oracle", "cleanlab"), paper_w_inst=False),
 }
 
 
@@ -111,8 +132,8 @@ def _two_stage(size: Size, *, finetune: bool = False) -> list[str]:
 def common_overrides(size: Size, seed: int) -> list[str]:
     """The overrides every row shares: seed, image size, backbone, batch sizes, graph sizes."""
     return [f"seed={seed}", f"data.image_size={size.image_size}", f"model.backbone={size.backbone}",
-            *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)), *PAPER_W_INST,
-            *size.overrides]
+            *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)),
+            *(PAPER_W_INST if size.paper_w_inst else ()), *size.overrides]
 
 
 def row_specific_overrides(row: str, size: Size) -> list[str]:
@@ -121,6 +142,7 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
     table = {
         "ce": ce,
         "cleanlab": ce,
+        "oracle": ce,
         "vanilla": _one_stage(size),
         "mopro": [*_two_stage(size), "method.prototypes=all"],
         "capro-random-anchors": [*_two_stage(size), "match.anchors=random"],
@@ -145,10 +167,9 @@ def row_config(row: str, size: Size, seed: int) -> Config:
 
 def row_command(row: str, size: Size, seed: int, *, profile: str = "web") -> str:
     """The shell command that reproduces one (row, seed) on the data ``quality.py`` simulates."""
-    if row == "cleanlab":
-        quick = " --quick" if size.name == "quick" else ""
-        return (f"python benchmarks/quality.py{quick} --profile {profile} --seeds {seed} "
-                "--rows cleanlab")
+    if row in ("cleanlab", "oracle"):
+        return (f"python benchmarks/quality.py --size {size.name} --profile {profile} --seeds {seed} "
+                f"--rows {row}")
     data = (f"capro simulate --out DATA --profile {profile} --seed {seed} --train-size "
             f"{size.train_size} --val-size {size.val_size} --test-size {size.test_size} "
             f"--image-size {size.image_size}")
@@ -163,12 +184,16 @@ def commands_markdown(size: Size, profile: str) -> str:
              "Every row: `capro run DATA --out RUN --preset cpu "
              + " ".join(common_overrides(size, 0)).replace("seed=0", "seed=S") + " <row overrides>`",
              "", "| row | row overrides |", "|---|---|"]
-    for row in ROWS:
+    for row in size.rows:
         extra = " ".join(row_specific_overrides(row, size))
         if row == "cleanlab":
             extra = (f"{size.folds} folds, each model trained as `ce`: "
-                     f"`python benchmarks/quality.py{' --quick' if size.name == 'quick' else ''} "
-                     f"--profile {profile} --seeds S --rows cleanlab`")
+                     f"`python benchmarks/quality.py --size {size.name} --profile {profile} --seeds S "
+                     "--rows cleanlab`")
+        elif row == "oracle":
+            extra = (f"`{extra}` on only the rows whose `truth.jsonl` label equals the web label: "
+                     f"`python benchmarks/quality.py --size {size.name} --profile {profile} --seeds S "
+                     "--rows oracle`")
         else:
             extra = f"`{extra}`"
         lines.append(f"| `{row}` | {extra} |")
@@ -187,6 +212,10 @@ def row_metrics(metrics: dict[str, Any], *, split: str = "test") -> dict[str, fl
     tt = metrics.get("train_truth") or {}
     nd = tt.get("noise_detection") or {}
     stages = metrics.get("stages", {})
+
+    def stage_top1(name: str) -> float | None:
+        return ((stages.get(name) or {}).get("eval") or {}).get(split, {}).get("top1")
+
     return {
         "top1": ev.get("top1"),
         "top5": ev.get("top5"),
@@ -196,7 +225,41 @@ def row_metrics(metrics: dict[str, Any], *, split: str = "test") -> dict[str, fl
         "noise_f1": nd.get("f1"),
         "relabel_accuracy": tt.get("relabel_accuracy"),
         "seconds": sum(float(s.get("seconds", 0.0)) for s in stages.values()) if stages else None,
+        "noisy_fit": (tt.get("memorisation") or {}).get("noisy_fit"),
+        "stage1_top1": stage_top1("stage1"),
+        "stage2_top1": stage_top1("stage2"),
     }
+
+
+CURVE_STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3b")
+
+
+def read_curves(run_dir: Path) -> dict[str, list[float | None]]:
+    """Per-epoch ``val_top1`` / ``test_top1`` of a run, its training stages one after another."""
+    import csv
+
+    out: dict[str, list[float | None]] = {"stage": [], "val_top1": [], "test_top1": []}
+    for stage in CURVE_STAGES:
+        path = Path(run_dir) / stage / "log.csv"
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8", newline="") as fh:
+            for r in csv.DictReader(fh):
+                out["stage"].append(stage)
+                for key in ("val_top1", "test_top1"):
+                    out[key].append(float(r[key]) if r.get(key) not in (None, "") else None)
+    return out
+
+
+def best_validation(curves: dict[str, list[float | None]]) -> dict[str, float | int | None]:
+    """{"top1_best": test top-1 at the epoch of the best validation top-1 (first of ties),
+    "best_epoch": that epoch's 0-based index over all stages, "val_best"}; None without curves."""
+    val = curves.get("val_top1") or []
+    scored = [(v, -i) for i, v in enumerate(val) if v is not None]
+    if not scored:
+        return {"top1_best": None, "best_epoch": None, "val_best": None}
+    v, neg = max(scored)
+    return {"top1_best": curves["test_top1"][-neg], "best_epoch": -neg, "val_best": v}
 
 
 def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
@@ -215,8 +278,19 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     by_row: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_row.setdefault(r["row"], []).append(r)
+    for derived, source in DERIVED_ROWS.items():
+        picked = [r for r in by_row.get(source, []) if r["metrics"].get("top1_best") is not None]
+        if picked:
+            by_row[derived] = [{**r, "row": derived, "stages": {},
+                                "metrics": {**r["metrics"], "top1": r["metrics"]["top1_best"],
+                                            "top5": None, "noisy_fit": None}} for r in picked]
+    order: list[str] = []
+    for row in ROWS:
+        if row in by_row:
+            order.append(row)
+        order += [d for d, source in DERIVED_ROWS.items() if source == row and d in by_row]
     out: dict[str, dict[str, Any]] = {}
-    for row in [r for r in ROWS if r in by_row] + sorted(set(by_row) - set(ROWS)):
+    for row in order + sorted(set(by_row) - set(order)):
         rs = sorted(by_row[row], key=lambda r: r["seed"])
         stage_names = list(dict.fromkeys(s for r in rs for s in r.get("stages", {})))
         out[row] = {
@@ -245,12 +319,35 @@ QUALITY_COLUMNS: tuple[tuple[str, str, float, int], ...] = (
 )
 
 
-def quality_table(agg: dict[str, dict[str, Any]]) -> str:
+LONG_COLUMNS: tuple[tuple[str, str, float, int], ...] = (
+    ("top1", "top-1 % (last epoch)", 100.0, 1), ("top1_best", "top-1 % (best-val epoch)", 100.0, 1),
+    ("stage1_top1", "stage 1 top-1 %", 100.0, 1), ("stage2_top1", "stage 2 top-1 %", 100.0, 1),
+    ("noisy_fit", "noisy rows fitted %", 100.0, 1), ("anchor_precision", "anchor prec. %", 100.0, 1),
+    ("noise_precision", "noise P %", 100.0, 1), ("noise_recall", "noise R %", 100.0, 1),
+    ("noise_f1", "noise F1 %", 100.0, 1), ("relabel_accuracy", "relabel acc. %", 100.0, 1),
+    ("seconds", "wall min", 1 / 60, 1),
+)
+"""Columns of the ``long`` tables: each row at its last and at its best-validation epoch."""
+
+
+def gap_closed(agg: dict[str, dict[str, Any]], row: str, *, key: str = "top1") -> float | None:
+    """Share of the ``ce`` -> ``oracle`` gap (means of ``key``) that ``row`` closes."""
+    try:
+        ce, oracle, mine = (agg[r]["metrics"][key]["mean"] for r in ("ce", "oracle", row))
+    except KeyError:
+        return None
+    if None in (ce, oracle, mine) or oracle == ce:
+        return None
+    return (mine - ce) / (oracle - ce)
+
+
+def quality_table(agg: dict[str, dict[str, Any]],
+                  columns: tuple[tuple[str, str, float, int], ...] = QUALITY_COLUMNS) -> str:
     """Markdown table: one line per row of ``agg`` (from :func:`aggregate`), mean ± std over seeds."""
-    head = "| row | seeds | " + " | ".join(c[1] for c in QUALITY_COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(QUALITY_COLUMNS) + 2)]
+    head = "| row | seeds | " + " | ".join(c[1] for c in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 2)]
     for row, a in agg.items():
-        cells = [fmt(a["metrics"][key], scale=scale, digits=d) for key, _, scale, d in QUALITY_COLUMNS]
+        cells = [fmt(a["metrics"][key], scale=scale, digits=d) for key, _, scale, d in columns]
         lines.append(f"| `{row}` | {len(a['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -286,6 +383,20 @@ def update_markdown(name: str, block: str, path: Path = MARKDOWN) -> None:
         fh.write(replace_block(text, name, block))
 
 
+def git_commit() -> str | None:
+    """The commit of the checkout the benchmark runs from (``+dirty`` with uncommitted changes)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     """Where a benchmark ran: CPU, cores, torch threads and versions."""
     import torch
@@ -298,7 +409,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "commit": git_commit(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "cuda": torch.cuda.is_available()}
 

@@ -45,6 +45,36 @@ def plot_quality(agg: dict[str, dict[str, Any]], path: Path, *, title: str = "")
     return path
 
 
+def plot_test_curves(results: list[dict[str, Any]], path: Path, *, rows: tuple[str, ...] = ("ce", "capro-ft", "oracle"),
+                     title: str = "") -> Path:
+    """Test top-1 after every epoch (all stages in a row), mean over seeds with a min-max band."""
+    import numpy as np
+
+    colours = {"ce": "#8c8c8c", "capro-ft": "#4c72b0", "oracle": "#55a868", "capro": "#64b5cd",
+               "cleanlab": "#c44e52"}
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for row in rows:
+        curves = [r["curves"]["test_top1"] for r in results if r["row"] == row and r.get("curves")]
+        curves = [c for c in curves if c and None not in c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        y = np.array([c[:n] for c in curves], dtype=float) * 100
+        x = np.arange(1, n + 1)
+        ax.plot(x, y.mean(axis=0), color=colours.get(row, "k"), label=f"{row} ({len(curves)} seeds)")
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=colours.get(row, "k"), alpha=0.15)
+    ax.set_xlabel("epoch (all training stages)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_perf(ratios: list[tuple[str, float, float | None]], path: Path, *, title: str = "") -> Path:
     """Horizontal bars of ``(label, value, target)`` ratios on a log axis, targets as ticks."""
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(ratios) + 1.4))

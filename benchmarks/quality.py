@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --quick                       # minutes: 1 seed, tiny data
     python benchmarks/quality.py --profile web --seeds 0 1 2   # the full table (hours on 2 cores)
+    python benchmarks/quality.py --size long --profile hard    # the long-training regime
     python benchmarks/quality.py --table-only                  # re-aggregate and rewrite BENCHMARKS.md
 
 For each seed s the simulator writes a dataset with seed s, and every row trains on it with seed s.
@@ -10,7 +11,10 @@ Rows are configs over preset ``cpu`` (see ``common.row_overrides``) run by
 K-fold out-of-fold predicted probabilities from ``ce`` models (each fold trained by the engine on
 a dataset directory holding the other folds' rows, its ``images`` a symlink to the original) ->
 ``cleanlab.filter.find_label_issues`` -> ``ce`` retrained on the kept rows. A sample counts as
-flagged by cleanlab when it is a label issue.
+flagged by cleanlab when it is a label issue. The ``oracle`` row trains ``ce`` on only the rows
+whose true label (``truth.jsonl``) is their web label: the ceiling. Each result also carries the
+per-epoch validation and test curves, the test top-1 at the best-validation epoch (``ce-best`` is
+``ce`` read there) and the share of noisy training rows the final model fits (``noisy_fit``).
 
 Results: one JSON per (profile, row, seed) in ``benchmarks/results/quality/<size>/<profile>/``
 (a finished one is skipped on rerun, so an interrupted benchmark continues where it stopped), the
@@ -21,6 +25,7 @@ aggregate ``benchmarks/results/quality_<profile>.json`` (``quality_quick_<profil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -35,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    LONG_COLUMNS,
     RESULTS,
     ROWS,
     RUN_ORDER,
@@ -42,9 +48,12 @@ from common import (  # noqa: E402
     SIZES,
     Size,
     aggregate,
+    best_validation,
     commands_markdown,
+    gap_closed,
     machine_info,
     quality_table,
+    read_curves,
     row_command,
     row_config,
     row_metrics,
@@ -57,7 +66,7 @@ from common import (  # noqa: E402
 )
 
 from capro.engine.signals import EXIT_PREEMPTED, Preempted  # noqa: E402
-from capro.utils.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402
+from capro.utils.io import atomic_write, read_json, read_jsonl, write_json  # noqa: E402
 
 DEFAULT_WORK = Path(os.environ.get("CAPRO_BENCH_WORK", "/tmp/capro-bench"))
 
@@ -129,6 +138,61 @@ def stage_seconds(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def curve_fields(run_dir: Path) -> dict[str, Any]:
+    """{"curves": per-epoch val/test top-1, "best": the best-validation reading} of a run."""
+    curves = read_curves(run_dir)
+    return {"curves": curves, "best": best_validation(curves)}
+
+
+def fit_to_web_labels(run_dir: Path, data: Path) -> dict[str, Any]:
+    """:func:`capro.eval.noise.memorisation` of a run's final model on ALL of ``data``'s training
+    rows (for runs trained on a subset, which carry no truth of their own)."""
+    import torch
+
+    from capro.data.datasets import EvalDataset
+    from capro.data.layout import read_classes
+    from capro.data.validate import load_split_for_run
+    from capro.engine.evaluate import collect
+    from capro.engine.runner import load_run_model
+    from capro.eval.noise import memorisation
+
+    model, _, cfg, _ = load_run_model(run_dir)
+    classes = read_classes(data)
+    records = load_split_for_run(data, "train", run_dir=None, skip_bad=False, check_images=False,
+                                 classes=classes).records
+    ds = EvalDataset(data, records, len(classes), size=cfg.data.image_size, channels=cfg.data.channels)
+    logits, web = collect(model, ds, device=torch.device("cpu"), batch_size=cfg.train.eval_batch_size)
+    true = _true_labels(data, [r.id for r in records], [c.name for c in classes])
+    return memorisation(logits.argmax(axis=1), web, true)
+
+
+def with_curves(out: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``out["metrics"]`` gains the best-validation reading of ``run_dir``; ``out`` its curves."""
+    fields = curve_fields(run_dir)
+    out["metrics"].update(top1_best=fields["best"]["top1_best"], best_epoch=fields["best"]["best_epoch"])
+    out.update(fields)
+    return out
+
+
+def run_oracle_row(size: Size, seed: int, data: Path, base: Path) -> dict[str, Any]:
+    """``ce`` on only the truly clean training rows (the ceiling)."""
+    from capro.engine.runner import run_pipeline
+
+    rows = read_jsonl(data / "train.jsonl")
+    from capro.data.validate import read_truth
+
+    truth = read_truth(data)
+    clean = [r for r in rows if truth[r["id"]]["true_label"] == r["label"]]
+    sub = _subset_dataset(data, base / "data", clean, eval_splits=True)
+    cfg = row_config("oracle", size, seed)
+    metrics = run_pipeline(sub, base / "run", cfg, resume=True, progress=False)
+    out = {"metrics": row_metrics(metrics), "stages": stage_seconds(metrics), "shared_steps": [],
+           "oracle": {"clean_rows": len(clean), "of": len(rows)}, "epochs": stage_epochs(cfg),
+           "engine_metrics": metrics}
+    out["metrics"]["noisy_fit"] = fit_to_web_labels(base / "run", data)["noisy_fit"]
+    return with_curves(out, base / "run")
+
+
 def run_engine_row(row: str, size: Size, seed: int, data: Path, run_dir: Path) -> dict[str, Any]:
     from capro.engine.runner import run_pipeline
 
@@ -145,9 +209,9 @@ def run_engine_row(row: str, size: Size, seed: int, data: Path, run_dir: Path) -
         donor = read_json(run_dir.parent / SHARED_STEPS[row][0] / "metrics.json")
         if "text" in stage_seconds(donor):
             stages["text"] = stage_seconds(donor)["text"]
-    return {"metrics": row_metrics(metrics), "stages": stages, "shared_steps": shared,
-            "wall_seconds_this_process": wall, "epochs": stage_epochs(cfg),
-            "engine_metrics": metrics}
+    return with_curves({"metrics": row_metrics(metrics), "stages": stages, "shared_steps": shared,
+                        "wall_seconds_this_process": wall, "epochs": stage_epochs(cfg),
+                        "engine_metrics": metrics}, run_dir)
 
 
 def _subset_dataset(src: Path, dst: Path, rows: list[dict], *, eval_splits: bool) -> Path:
@@ -156,7 +220,13 @@ def _subset_dataset(src: Path, dst: Path, rows: list[dict], *, eval_splits: bool
     shutil.copy2(src / "classes.json", dst / "classes.json")
     if not (dst / "images").exists():
         (dst / "images").symlink_to((src / "images").resolve(), target_is_directory=True)
-    write_jsonl(dst / "train.jsonl", rows)
+    # rewritten only when it changes: its mtime is part of the runs' fingerprints, so an
+    # interrupted row resumes instead of restarting
+    train = dst / "train.jsonl"
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if not train.is_file() or train.read_text(encoding="utf-8") != text:
+        with atomic_write(train) as fh:
+            fh.write(text)
     for split in ("val", "test"):
         if eval_splits and (src / f"{split}.jsonl").is_file():
             shutil.copy2(src / f"{split}.jsonl", dst / f"{split}.jsonl")
@@ -201,7 +271,9 @@ def run_cleanlab_row(size: Size, seed: int, data: Path, base: Path) -> dict[str,
     for k, (train_idx, held_idx) in enumerate(folds.split(np.zeros(len(labels)), labels)):
         fold = base / f"fold{k}"
         fold_data = _subset_dataset(data, fold / "data", [rows[i] for i in train_idx], eval_splits=False)
-        metrics = run_pipeline(fold_data, fold / "run", cfg, resume=True, progress=False)
+        # a fold's data holds no evaluation split: nothing to score per epoch
+        fold_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, curve_splits=[]))
+        metrics = run_pipeline(fold_data, fold / "run", fold_cfg, resume=True, progress=False)
         t0 = time.perf_counter()
         model, _, _, _ = load_run_model(fold / "run")
         held = EvalDataset(data, [records[i] for i in held_idx], len(classes),
@@ -222,14 +294,15 @@ def run_cleanlab_row(size: Size, seed: int, data: Path, base: Path) -> dict[str,
     nd = noise_detection(labels, true, issues)
     out = row_metrics(metrics)
     out.update(noise_precision=nd["precision"], noise_recall=nd["recall"], noise_f1=nd["f1"],
-               seconds=sum(stages.values()))
-    return {"metrics": out, "stages": stages, "shared_steps": [],
+               seconds=sum(stages.values()),
+               noisy_fit=fit_to_web_labels(base / "kept" / "run", data)["noisy_fit"])
+    return with_curves({"metrics": out, "stages": stages, "shared_steps": [],
             "cleanlab": {"folds": size.folds, "filter_by": "prune_by_noise_rate",
                          "label_issues": int(issues.sum()), "kept": int(keep.size),
                          "oof_accuracy_vs_web_labels": float((pred.argmax(1) == labels).mean()),
                          "noise_detection": nd},
             "epochs": {"per_fold_stage1": cfg.stage1.epochs, "retrain_stage1": cfg.stage1.epochs},
-            "engine_metrics": metrics}
+            "engine_metrics": metrics}, base / "kept" / "run")
 
 
 def run_one(row: str, size: Size, profile: str, seed: int, work: Path) -> dict[str, Any]:
@@ -238,6 +311,8 @@ def run_one(row: str, size: Size, profile: str, seed: int, work: Path) -> dict[s
     t0 = time.perf_counter()
     if row == "cleanlab":
         res = run_cleanlab_row(size, seed, data, run_dir)
+    elif row == "oracle":
+        res = run_oracle_row(size, seed, data, run_dir)
     else:
         res = run_engine_row(row, size, seed, data, run_dir)
     return {"row": row, "profile": profile, "seed": seed, "size": size_dict(size),
@@ -258,21 +333,38 @@ def load_results(results: Path, size: Size, profile: str) -> list[dict[str, Any]
     return out
 
 
+def gap_line(agg: dict[str, Any]) -> str:
+    """One line: how much of the ``ce`` -> ``oracle`` gap each method row closes (means)."""
+    parts = []
+    for row in ("capro", "capro-ft", "cleanlab", "ce-best"):
+        for key, when in (("top1", "last"), ("top1_best", "best-val")):
+            g = gap_closed(agg, row, key=key)
+            if g is not None and not (row == "ce-best" and key == "top1_best"):
+                parts.append(f"`{row}` ({when}) {g * 100:.0f} %")
+    return ("Share of the gap from `ce` to `oracle` closed (each reading against `ce` and `oracle` read "
+            "the same way): " + (", ".join(parts) or "–"))
+
+
 def write_outputs(results: Path, size: Size, profile: str, *, markdown: bool) -> dict[str, Any]:
     """Aggregate, write ``quality_<profile>.json``, the plot and the BENCHMARKS.md tables."""
     rs = load_results(results, size, profile)
     agg = aggregate(rs)
     summary = {"profile": profile, "size": size_dict(size), "aggregate": agg,
-               "commands": {r: row_command(r, size, 0, profile=profile) for r in ROWS},
+               "commands": {r: row_command(r, size, 0, profile=profile) for r in size.rows},
                "finished": sorted([r["row"], r["seed"]] for r in rs), "machine": machine_info()}
     write_json(aggregate_path(results, size, profile), summary)
     if markdown and agg:
-        from plots import plot_quality
+        from plots import plot_quality, plot_test_curves
 
         tag = f"quality-{size.name}-{profile}"
         png = Path(__file__).resolve().parent / f"{tag.replace('-', '_')}.png"
         plot_quality(agg, png, title=f"{profile} profile, {size.name} size ({size.train_size} train images)")
-        update_markdown(tag, quality_table(agg))
+        if size.name == "long":
+            plot_test_curves(rs, png.with_name(f"{png.stem}_curves.png"),
+                             title=f"{profile} profile, long size: test top-1 over epochs")
+            update_markdown(tag, quality_table(agg, LONG_COLUMNS) + "\n\n" + gap_line(agg))
+        else:
+            update_markdown(tag, quality_table(agg))
         update_markdown(f"{tag}-stages", stage_table(agg))
         update_markdown(f"{tag}-commands", commands_markdown(size, profile))
     return summary
@@ -281,9 +373,11 @@ def write_outputs(results: Path, size: Size, profile: str, *, markdown: bool) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny data and epochs, seed 0 (minutes)")
+    p.add_argument("--size", choices=list(SIZES), default="full",
+                   help="quick | full (the short regime) | long (training until CE fits the noise)")
     p.add_argument("--profile", nargs="+", default=["web"], choices=["web", "hard"])
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (quick: 0)")
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), help="default: the size's rows")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK,
                    help=f"where data and runs go (default {DEFAULT_WORK}, or $CAPRO_BENCH_WORK)")
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -295,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    size = SIZES["quick" if args.quick else "full"]
+    size = SIZES["quick" if args.quick else args.size]
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     failures = 0
     if not args.table_only:
-        rows = [r for r in RUN_ORDER if r in args.rows]
+        rows = [r for r in RUN_ORDER if r in (args.rows or size.rows)]
         for profile in args.profile:
             for seed in seeds:
                 for row in rows:

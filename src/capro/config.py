@@ -179,6 +179,18 @@ class TrainConfig:
     """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
     eval_split: str = "test"
     eval_batch_size: int = 256
+    val_split: str = "val"
+    """Split scored after every training epoch (single-label top-1, multi-label macro mAP) into
+    ``log.csv`` as ``<split>_<metric>``; it alone selects the kept epoch (``keep``). Without that
+    split in DATA, no epoch is scored and every stage keeps its last epoch."""
+    val_every: int = 1
+    """Score ``val_split`` every this many epochs (and always after the last); 0 = never."""
+    keep: str = "best"
+    """Which epoch a training stage hands on: ``best`` (the best ``val_split`` score; the released
+    code also chooses its stage-2 checkpoint on validation) or ``last``."""
+    curve_splits: list[str] = field(default_factory=list)
+    """Further splits scored after every epoch for the learning curves only (``log.csv``); they never
+    select anything (D7). The benchmarks put ``test`` here to plot test accuracy over epochs."""
     max_steps_per_epoch: int = 0
     """Cap on steps per epoch (0 = the whole epoch); for smoke tests."""
 
@@ -444,6 +456,7 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.on_nonfinite": ("stop", "skip"),
     "train.on_bad_image": ("skip", "stop"),
+    "train.keep": ("best", "last"),
 }
 
 
@@ -487,7 +500,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
-    "train.max_steps_per_epoch": _at_least(0),
+    "train.max_steps_per_epoch": _at_least(0), "train.val_every": _at_least(0),
     "clean.pseudo_th": _within(0, 1, open_low=True),
     "openset.threshold": _within(0, 1),
     **{f"{stage}.{key}": rule for stage in ("stage1", "stage2", "stage3") for key, rule in _STAGE_RANGES.items()},

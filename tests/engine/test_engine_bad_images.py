@@ -336,7 +336,7 @@ def _ddp_stage2(rank: int, root: str, run: str, anchors: list[int]) -> dict:
     model = build_model(cfg, len(classes), multi_label=False)
     domain = np.zeros(len(train), np.int8)
     domain[anchors] = 1
-    cleaning = train_stage(ctx, "stage2", cfg.stage2, model=model, dataset=ctx.train_dataset(domain=domain),
+    cleaning, _ = train_stage(ctx, "stage2", cfg.stage2, model=model, dataset=ctx.train_dataset(domain=domain),
                            fingerprint="test", domain=domain)
     state = {"queue": model.queue, "protos": model.prototypes, "weight": model.classifier.weight.detach(),
              "clean": cleaning.clean}  # digests: the result pipe is read only after both exit

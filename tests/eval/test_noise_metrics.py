@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_fscore_support
 
-from capro.eval.noise import anchor_precision, noise_detection, relabel_accuracy
+from capro.eval.noise import anchor_precision, memorisation, noise_detection, relabel_accuracy
 
 
 def test_noise_detection_matches_sklearn():
@@ -33,3 +33,15 @@ def test_relabel_and_anchor_shares():
     web = np.array([0, 1, 1, 3, 4])
     assert anchor_precision(web, true, np.array([1, 1, 1, 1, 0], bool)) == pytest.approx(0.5)
     assert anchor_precision(web, true, np.zeros(5, bool)) is None
+
+
+def test_memorisation_hand_computed():
+    web = np.array([0, 1, 2, 3, 4, 5])
+    true = np.array([0, 1, 1, -1, 2, 5])   # rows 2, 3, 4 are noisy; row 3 out of distribution
+    pred = np.array([0, 2, 2, 3, 2, 5])    # fits row 2's and row 3's wrong labels, row 4's true one
+    got = memorisation(pred, web, true)
+    assert got["noisy_fit"] == pytest.approx(2 / 3)
+    assert got["noisy_true"] == pytest.approx(1 / 2)   # of rows 2 and 4 (in distribution)
+    assert got["clean_fit"] == pytest.approx(2 / 3)    # rows 0, 1, 5: row 1 mispredicted
+    assert (got["n_noisy"], got["n_clean"]) == (3, 3)
+    assert memorisation(pred[:2], web[:2], true[:2])["noisy_fit"] is None

@@ -5,8 +5,8 @@ import pytest
 
 from capro.graph.enhance import edge_weights, enhance_text, smoothing_matrix
 
-# The shared fixtures lie beside the repository (../shared), in CI as on a developer machine.
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "capro_released_golden.npz"
+# A copy of the golden fixture lives in the repository (tests/fixtures/README.md).
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "capro_released_golden.npz"
 
 
 def test_reproduces_released_smoothing():

@@ -7,8 +7,8 @@ from cleanlab.internal.neighbor.knn_graph import create_knn_graph_and_index
 from capro.errors import ConfigError, UsageError
 from capro.graph.knn import FaissKnn, TorchKnn, create_knn_backend, knn_to_csr, normalize_rows
 
-# The shared fixtures lie beside the repository (../shared), in CI as on a developer machine.
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "capro_released_golden.npz"
+# A copy of the golden fixture lives in the repository (tests/fixtures/README.md).
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "capro_released_golden.npz"
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from rerank_reference import re_ranking_loop, rerank_knn_loop
 from capro.graph.knn import TorchKnn, normalize_rows
 from capro.graph.rerank import re_ranking, rerank_knn
 
-# The shared fixtures lie beside the repository (../shared), in CI as on a developer machine.
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "capro_released_golden.npz"
+# A copy of the golden fixture lives in the repository (tests/fixtures/README.md).
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "capro_released_golden.npz"
 
 
 @pytest.fixture(scope="module")

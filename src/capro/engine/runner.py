@@ -40,6 +40,7 @@ from capro.engine.checkpoint import load_checkpoint, seed_everything
 from capro.engine.distributed import DistInfo, amp_dtype, init_distributed, peer_failures
 from capro.engine.evaluate import OPENSET_FILE, evaluate_model, evaluate_openset
 from capro.engine.loop import CleaningState, stderr_isatty
+from capro.engine.selection import EpochScorer
 from capro.engine.stages import (
     OfflineCleaning,
     RunContext,
@@ -51,7 +52,7 @@ from capro.engine.stages import (
     train_stage,
 )
 from capro.errors import CaproError
-from capro.eval.noise import anchor_precision, noise_detection, relabel_accuracy
+from capro.eval.noise import anchor_precision, memorisation, noise_detection, relabel_accuracy
 from capro.model.capro import CAPro
 from capro.utils.cache import file_digest, fingerprint, is_done, mark_done
 from capro.utils.dist import barrier
@@ -67,7 +68,8 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int) -> dict[str, str]:
         "train_file": file_digest(data_root / "train.jsonl"),
         "data": {k: v for k, v in d(cfg.data).items() if k not in ("workers", "check_images", "skip_bad")},
         "model": d(cfg.model), "method": d(cfg.method),
-        "train": {k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch")},
+        "train": {k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch",
+                                                     "keep", "val_split", "val_every")},
     }
     fps = {"stage1": fingerprint({"base": base, "stage": d(cfg.stage1)})}
     fps["features"] = fingerprint({"up": fps["stage1"], "step": "features"})
@@ -118,6 +120,7 @@ class _Pipeline:
         self.stages: dict[str, dict[str, Any]] = {}
         self.eval_split = next(iter(_eval_splits(ctx.data_root, ctx.cfg)), None)
         self.eval_sets: dict[str, Any] = {}
+        self._scorer: EpochScorer | None = None
 
     def dir(self, name: str) -> Path:
         return self.ctx.run_dir / name
@@ -136,14 +139,41 @@ class _Pipeline:
         info.pop("fingerprint", None)
         self.stages[name] = info
 
-    def evaluate(self, model: CAPro, split: str) -> dict:
+    def eval_set(self, split: str):
+        """The evaluation dataset of ``split`` (read and validated once)."""
         ctx = self.ctx
         if split not in self.eval_sets:
             records = load_split_for_run(ctx.data_root, split, run_dir=ctx.run_dir,
                                          skip_bad=ctx.cfg.data.skip_bad,
                                          check_images=ctx.cfg.data.check_images, classes=ctx.classes)
             self.eval_sets[split] = ctx.eval_dataset(records.records)
-        return evaluate_model(model, self.eval_sets[split], multi_label=ctx.multi_label,
+        return self.eval_sets[split]
+
+    def scorer(self) -> EpochScorer | None:
+        """Rank 0's per-epoch scorer: ``train.val_split`` (selects) and ``train.curve_splits``
+        that DATA has; None elsewhere, or when there is nothing to score."""
+        ctx, tc = self.ctx, self.ctx.cfg.train
+        if not ctx.is_main or tc.val_every == 0:
+            return None
+        if self._scorer is None:
+            present = set(available_splits(ctx.data_root)) - {"train"}
+            select = tc.val_split if tc.val_split in present else None
+            names = list(dict.fromkeys([*([select] if select else []), *tc.curve_splits]))
+            missing = [s for s in names if s not in present]
+            if missing:
+                raise CaproError(f"train.curve_splits names {missing[0]!r}, but {ctx.data_root} has no "
+                                 f"{missing[0]}.jsonl; remove it or add the split")
+            if not names:
+                return None
+            self._scorer = EpochScorer({s: self.eval_set(s) for s in names}, select, ctx.multi_label,
+                                       every=tc.val_every, device=ctx.dist.device,
+                                       batch_size=tc.eval_batch_size, workers=ctx.cfg.data.workers,
+                                       amp=ctx.amp)
+        return self._scorer
+
+    def evaluate(self, model: CAPro, split: str) -> dict:
+        ctx = self.ctx
+        return evaluate_model(model, self.eval_set(split), multi_label=ctx.multi_label,
                               device=ctx.dist.device, batch_size=ctx.cfg.train.eval_batch_size,
                               workers=ctx.cfg.data.workers, amp=ctx.amp, show_progress=ctx.progress,
                               desc=f"eval {split}")
@@ -178,10 +208,14 @@ class _Pipeline:
             model.to(self.ctx.dist.device)
             return CleaningState.from_state(ck["cleaning"])
         t0 = time.perf_counter()
-        cleaning = train_stage(self.ctx, name, st, model=model, dataset=dataset,
-                               fingerprint=self.fps[name], domain=domain)
+        cleaning, best = train_stage(self.ctx, name, st, model=model, dataset=dataset,
+                                     fingerprint=self.fps[name], domain=domain, scorer=self.scorer())
         elapsed = load_checkpoint(path)["elapsed"] if self.ctx.is_main else time.perf_counter() - t0
-        self.finish(name, elapsed, epochs=st.epochs, **self.stage_eval(model))
+        selection = {}
+        if best.epoch is not None:
+            kept = best.epoch if self.ctx.cfg.train.keep == "best" else st.epochs - 1
+            selection = {"kept_epoch": kept, "best_epoch": best.epoch, "best_val": best.score}
+        self.finish(name, elapsed, epochs=st.epochs, **selection, **self.stage_eval(model))
         return cleaning
 
 
@@ -299,6 +333,23 @@ def train_truth_metrics(ctx: RunContext, truth: dict[str, dict], *, domain: np.n
     return out
 
 
+def fit_to_training_labels(ctx: RunContext, model: CAPro, truth: dict[str, dict]) -> dict | None:
+    """:func:`~capro.eval.noise.memorisation` of ``model`` on its training rows (test transform);
+    None for multi-label data or without a truth row for every sample."""
+    from capro.engine.evaluate import collect
+
+    true = _truth_arrays(ctx, truth)
+    if ctx.multi_label or true is None:
+        return None
+    skipped: list[tuple[int, str]] = []
+    with torch.random.fork_rng(devices=[]):
+        logits, _ = collect(model, ctx.eval_dataset(), device=ctx.dist.device,
+                            batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
+                            amp=ctx.amp, skipped=skipped)
+    keep = np.setdiff1d(np.arange(len(ctx.train)), [i for i, _ in skipped])
+    return memorisation(logits.argmax(axis=1), ctx.web_targets()[keep], true[keep])
+
+
 def queue_too_big(queue: int, n_train: int) -> bool:
     """Whether a MoCo queue of ``queue`` keys is too large for ``n_train`` images (> N/2)."""
     return 2 * queue > n_train
@@ -391,7 +442,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
             tt = train_truth_metrics(ctx, truth, domain=domain, final=final, flagged_relabel=flagged,
                                      removed=removed)
             if tt is not None:
-                metrics["train_truth"] = tt
+                fit = fit_to_training_labels(ctx, model, truth)
+                metrics["train_truth"] = {**tt, **({"memorisation": fit} if fit else {})}
         write_json(run_dir / "metrics.json", metrics)
         write_run_artefacts(run_dir, model, {s: ([r.id for r in ds.records], ds) for s, ds in p.eval_sets.items()},
                             [c.name for c in classes], multi_label=multi, device=info.device,

@@ -51,6 +51,7 @@ from capro.engine.loop import (
     train_epoch,
 )
 from capro.engine.schedule import epoch_lr, set_lr
+from capro.engine.selection import BestEpoch, EpochScorer
 from capro.engine.signals import GracefulStop, Preempted, stop_requested_anywhere
 from capro.errors import CaproError, DataError
 from capro.losses import pos_weights
@@ -204,11 +205,16 @@ def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epo
 
 
 def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, dataset: TrainDataset,
-                fingerprint: str, domain: np.ndarray | None = None) -> CleaningState:
-    """Train ``model`` in place for stage ``name``; return the last online-cleaning state.
+                fingerprint: str, domain: np.ndarray | None = None,
+                scorer: EpochScorer | None = None) -> tuple[CleaningState, BestEpoch]:
+    """Train ``model`` in place for stage ``name``; return the online-cleaning state and the best
+    epoch by validation.
 
     Resumes from ``RUN/<name>/last.pt`` when ``ctx.resume`` and the checkpoint's fingerprint matches.
-    ``domain`` (anchors) is needed when the stage initialises prototypes.
+    ``domain`` (anchors) is needed when the stage initialises prototypes. With ``scorer`` (rank 0),
+    every due epoch is scored into ``log.csv`` and the best one is kept in ``RUN/<name>/best.pt``;
+    with ``train.keep=best`` the model and cleaning state end as at that epoch
+    (:mod:`capro.engine.selection`).
     """
     cfg, info = ctx.cfg, ctx.dist
     stage_dir = ctx.run_dir / name
@@ -234,7 +240,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     stats, start_epoch, start_step, global_step, elapsed = EpochStats(), 0, 0, 0, 0.0
     log = EpochLog(stage_dir, enabled=ctx.is_main)
     bad = ctx.bad_image_log(name)
-    last = stage_dir / "last.pt"
+    last, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
+    best = BestEpoch()
     if ctx.resume and last.is_file():
         ck = load_checkpoint(last)
         if ck.get("fingerprint") != fingerprint:
@@ -249,12 +256,15 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
         elapsed = float(ck.get("elapsed", 0.0))
         cleaning = CleaningState.from_state(ck["cleaning"])
         stats = EpochStats(**ck["stats"])
+        best = BestEpoch.from_state(ck.get("best"))
         set_rng_state(ck["rng"])
         log.restore(start_epoch)
         bad.start(resume_at=(start_epoch, start_step))
     else:
         seed_everything(cfg.seed + STAGE_SEED[name])
         bad.start()
+        if ctx.is_main:
+            best_path.unlink(missing_ok=True)
     model.to(device)
     t_start = time.perf_counter()
 
@@ -268,7 +278,21 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
                 "cleaning": cleaning.state_dict(), "stats": epoch_stats.state_dict(),
                 "elapsed": elapsed + time.perf_counter() - t_start,
                 "global_batch": global_batch, "world_size": info.world_size,
+                "best": best.state_dict(),
             })
+
+    def score(epoch: int) -> dict[str, float]:
+        """Rank 0: the epoch's scores; a new best is written to ``best.pt``."""
+        if scorer is None or not ctx.is_main or not scorer.due(epoch, st.epochs):
+            return {}
+        scores = scorer(model)
+        value = scores.get(scorer.column) if scorer.column else None
+        if best.improves(value):
+            best.update(epoch, value)
+            save_checkpoint(best_path, {"fingerprint": fingerprint, "stage": name, "epoch": epoch,
+                                        "score": value, "metric": scorer.column,
+                                        "model": model.state_dict(), "cleaning": cleaning.state_dict()})
+        return scores
 
     frozen_now: bool | None = None
     wrapped: nn.Module = model
@@ -311,20 +335,28 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
                                 log_every=cfg.train.log_every if ctx.is_main and ctx.log_steps else 0,
                                 on_bad_image=lambda step, items, epoch=epoch: bad.add(
                                     items, during="training", epoch=epoch, step=step))
-            log.append({"epoch": epoch, "lr": lr, "frozen": int(frozen), **stats.row()})
+            log.append({"epoch": epoch, "lr": lr, "frozen": int(frozen), **stats.row(), **score(epoch)})
             start_step, stats = 0, EpochStats()
             save(epoch + 1, 0, stats)
             barrier()
     log.close()
     model.freeze_backbone(False)
+    kept_epoch = st.epochs - 1
+    if cfg.train.keep == "best" and best_path.is_file():  # every rank reads the same file
+        ck = load_checkpoint(best_path)
+        if ck.get("fingerprint") == fingerprint:
+            model.load_state_dict(ck["model"])
+            cleaning = CleaningState.from_state(ck["cleaning"])
+            kept_epoch = int(ck["epoch"])
+            best = BestEpoch(kept_epoch, float(ck["score"]))
     if ctx.is_main:
         save_checkpoint(stage_dir / "checkpoint.pt", {
             "fingerprint": fingerprint, "stage": name, "model": model.state_dict(),
-            "cleaning": cleaning.state_dict(), "epochs": st.epochs,
-            "elapsed": elapsed + time.perf_counter() - t_start,
+            "cleaning": cleaning.state_dict(), "epochs": st.epochs, "kept_epoch": kept_epoch,
+            "best": best.state_dict(), "elapsed": elapsed + time.perf_counter() - t_start,
         })
     barrier()
-    return cleaning
+    return cleaning, best
 
 
 def dump_features(ctx: RunContext, model: CAPro) -> np.ndarray:

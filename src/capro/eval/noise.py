@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["anchor_precision", "noise_detection", "relabel_accuracy"]
+__all__ = ["anchor_precision", "memorisation", "noise_detection", "relabel_accuracy"]
 
 
 def noise_detection(web_label: np.ndarray, true_label: np.ndarray, flagged: np.ndarray) -> dict:
@@ -56,3 +56,25 @@ def anchor_precision(web_label: np.ndarray, true_label: np.ndarray, is_anchor: n
     web = np.asarray(web_label).reshape(-1)[mask]
     true = np.asarray(true_label).reshape(-1)[mask]
     return float(np.mean(web == true))
+
+
+def memorisation(pred: np.ndarray, web_label: np.ndarray, true_label: np.ndarray) -> dict:
+    """How far a model fits the wrong web labels of its own training rows.
+
+    ``pred`` [N]: the model's top-1 class per training row. Returns {"noisy_fit": share of noisy
+    rows (true != web, out-of-distribution included) predicted as their wrong web label,
+    "noisy_true": share of in-distribution noisy rows predicted as their true class,
+    "clean_fit": share of clean rows predicted as their (correct) label, "n_noisy", "n_clean"};
+    a share is None when its rows are absent.
+    """
+    pred = np.asarray(pred).reshape(-1)
+    web = np.asarray(web_label).reshape(-1)
+    true = np.asarray(true_label).reshape(-1)
+    noisy = true != web
+    ind = noisy & (true >= 0)
+
+    def share(mask: np.ndarray, target: np.ndarray) -> float | None:
+        return float(np.mean(pred[mask] == target[mask])) if mask.any() else None
+
+    return {"noisy_fit": share(noisy, web), "noisy_true": share(ind, true), "clean_fit": share(~noisy, web),
+            "n_noisy": int(noisy.sum()), "n_clean": int((~noisy).sum())}

@@ -1,0 +1,93 @@
+"""Scoring after every epoch and keeping the best one (``train.val_split``, ``train.keep``).
+
+After each training epoch, rank 0 scores the model on the validation split (single-label top-1,
+multi-label macro mAP) and on any ``train.curve_splits``; the scores become ``log.csv`` columns
+named ``<split>_<metric>``. Only the validation score selects: when it beats every earlier epoch
+of the stage, the weights and the online-cleaning state are written to ``RUN/<stage>/best.pt``,
+and with ``train.keep=best`` the stage ends with them. Curve splits (the benchmarks put ``test``
+there) are recorded for plots and never select anything (D7).
+
+Scoring runs under a forked RNG, so a run with validation trains exactly like one without.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from capro.engine.evaluate import collect, metrics_from_logits
+
+
+def score_key(multi_label: bool) -> str:
+    """The metric that scores an epoch: ``top1`` (fraction) or ``mAP_macro`` (%)."""
+    return "mAP_macro" if multi_label else "top1"
+
+
+@dataclass
+class EpochScorer:
+    """Scores a model on the selecting split and the curve splits (rank 0 only).
+
+    ``select``: the split whose score chooses the kept epoch (None: nothing selects);
+    ``splits``: split -> dataset, ``select`` first.
+    """
+
+    splits: dict[str, Dataset]
+    select: str | None
+    multi_label: bool
+    every: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 256
+    workers: int = 0
+    amp: torch.dtype | None = None
+
+    @property
+    def metric(self) -> str:
+        return score_key(self.multi_label)
+
+    @property
+    def column(self) -> str | None:
+        """The ``log.csv`` column that selects, e.g. ``val_top1``."""
+        return None if self.select is None else f"{self.select}_{self.metric}"
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) of ``epochs`` is scored."""
+        return self.every > 0 and ((epoch + 1) % self.every == 0 or epoch + 1 == epochs)
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        """{"<split>_<metric>": score} for every split; the global RNG is left untouched."""
+        out = {}
+        with torch.random.fork_rng(devices=[]):
+            for split, ds in self.splits.items():
+                logits, targets = collect(model, ds, device=self.device, batch_size=self.batch_size,
+                                          workers=self.workers, amp=self.amp, desc=f"score {split}")
+                if len(targets):
+                    m = metrics_from_logits(logits, targets, multi_label=self.multi_label)
+                    out[f"{split}_{self.metric}"] = float(m[self.metric])
+        return out
+
+
+@dataclass
+class BestEpoch:
+    """The best selecting score seen so far in a stage (kept in ``last.pt`` for resume)."""
+
+    epoch: int | None = None
+    score: float | None = None
+
+    def improves(self, score: float | None) -> bool:
+        """Whether ``score`` beats the best so far (ties keep the earlier epoch)."""
+        if score is None or score != score:  # missing or NaN
+            return False
+        return self.score is None or score > self.score
+
+    def update(self, epoch: int, score: float) -> None:
+        self.epoch, self.score = epoch, score
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "score": self.score}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> BestEpoch:
+        return cls(**state) if state else cls()

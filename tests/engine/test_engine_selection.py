@@ -1,0 +1,89 @@
+"""Validation after every epoch and the kept epoch (``train.val_split``, ``train.keep``)."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from capro.config import load_config
+from capro.engine.checkpoint import load_checkpoint
+from capro.engine.runner import load_run_model, run_pipeline
+from capro.engine.selection import BestEpoch, EpochScorer
+from capro.errors import CaproError
+
+ONE_STAGE = ["model.backbone=simple_cnn", "stage1.epochs=4", "stage2.epochs=0", "stage3.epochs=0",
+             "stage1.lr=0.2"]
+
+
+def _log(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a if not k.startswith(("queue", "encoder_k")))
+
+
+def test_best_epoch_keeps_the_earliest_of_ties_and_ignores_nan():
+    best = BestEpoch()
+    assert best.improves(0.5)
+    best.update(0, 0.5)
+    assert not best.improves(0.5) and not best.improves(float("nan")) and not best.improves(None)
+    assert best.improves(0.51)
+    assert BestEpoch.from_state(best.state_dict()) == best
+
+
+@pytest.mark.parametrize(("every", "due"), [(1, [0, 1, 2, 3, 4]), (2, [1, 3, 4]), (0, [])])
+def test_scorer_due_epochs(every, due):
+    scorer = EpochScorer({}, None, False, every=every)
+    assert [e for e in range(5) if scorer.due(e, 5)] == due
+
+
+def test_keep_best_ends_with_the_best_validation_epoch(tiny_web_data, tmp_path):
+    cfg = load_config(preset="tiny", overrides=[*ONE_STAGE, "train.curve_splits=[test]"])
+    m = run_pipeline(tiny_web_data, tmp_path / "run", cfg, progress=False)
+    rows = _log(tmp_path / "run" / "stage1" / "log.csv")
+    val = [float(r["val_top1"]) for r in rows]
+    assert len(val) == 4 and all(r["test_top1"] != "" for r in rows)
+    expected = int(np.argmax(val))  # argmax: the first of ties
+    info = m["stages"]["stage1"]
+    assert info["best_epoch"] == info["kept_epoch"] == expected
+    assert info["best_val"] == pytest.approx(val[expected])
+    # the final model is the one saved at that epoch, and its val score is the logged one
+    best = load_checkpoint(tmp_path / "run" / "stage1" / "best.pt")
+    assert best["epoch"] == expected
+    model, *_ = load_run_model(tmp_path / "run")
+    assert _same_weights(best["model"], model.state_dict())
+    assert m["eval"]["val"]["top1"] == pytest.approx(val[expected])
+    assert m["eval"]["test"]["top1"] == pytest.approx(float(rows[expected]["test_top1"]))
+
+
+def test_keep_last_and_scoring_do_not_change_training(tiny_web_data, tmp_path):
+    scored = load_config(preset="tiny", overrides=[*ONE_STAGE, "train.keep=last"])
+    plain = load_config(preset="tiny", overrides=[*ONE_STAGE, "train.val_every=0"])
+    m1 = run_pipeline(tiny_web_data, tmp_path / "a", scored, progress=False)
+    m2 = run_pipeline(tiny_web_data, tmp_path / "b", plain, progress=False)
+    rows = _log(tmp_path / "a" / "stage1" / "log.csv")
+    assert "val_top1" in rows[0] and "val_top1" not in _log(tmp_path / "b" / "stage1" / "log.csv")[0]
+    # scoring runs under a forked RNG: the same weights as a run that never scored
+    a = load_checkpoint(tmp_path / "a" / "stage1" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "stage1" / "checkpoint.pt")["model"]
+    assert _same_weights(a, b)
+    assert m1["stages"]["stage1"]["kept_epoch"] == 3
+    assert m1["eval"]["val"]["top1"] == pytest.approx(float(rows[-1]["val_top1"]))
+    assert "best_epoch" not in m2["stages"]["stage1"]
+    assert m1["eval"]["test"]["top1"] == m2["eval"]["test"]["top1"]
+
+
+def test_curve_split_that_data_lacks_is_a_clear_error(tiny_web_data, tmp_path):
+    cfg = load_config(preset="tiny", overrides=[*ONE_STAGE, "train.curve_splits=[holdout]"])
+    with pytest.raises(CaproError, match="holdout.jsonl"):
+        run_pipeline(tiny_web_data, tmp_path / "run", cfg, progress=False)
+
+
+def test_memorisation_metric_is_reported_against_truth(tiny_run):
+    _, m = tiny_run
+    fit = m["train_truth"]["memorisation"]
+    assert fit["n_noisy"] + fit["n_clean"] == 200
+    assert 0.0 <= fit["noisy_fit"] <= 1.0 and 0.0 <= fit["clean_fit"] <= 1.0
