@@ -15,9 +15,10 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-# torch and torchvision first, as a pinned pair (2.13 + an unpinned torchvision does not import).
+# The tested torch / torchvision pair (constraints.txt) first: 2.13 with an unpinned torchvision
+# does not import.
 if ! .venv/bin/python -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch torchvision
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 echo "capro is installed in $(pwd)/.venv (try: .venv/bin/capro --help)"

@@ -109,9 +109,10 @@ def free_port() -> int:
 
 
 def start(args: list[str], *, logs: Path, world: int = 1, at: str = "", gn: bool = False,
-          env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+          env: dict[str, str] | None = None, new_session: bool = False) -> list[subprocess.Popen]:
     """``capro ARGS`` on ``world`` processes with the hooks above; stdout and stderr of rank r go
-    to ``logs.r<r>.out`` / ``logs.r<r>.err``."""
+    to ``logs.r<r>.out`` / ``logs.r<r>.err``. ``new_session``: each process leads its own process
+    group (its pid is the group id), as a job step under a scheduler does."""
     base = {**os.environ, **(env or {}), "CAPRO_TEST_AT": at, "CAPRO_TEST_GN": "1" if gn else ""}
     if world > 1:
         base.update(WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -120,7 +121,8 @@ def start(args: list[str], *, logs: Path, world: int = 1, at: str = "", gn: bool
         rank_env = {**base, "RANK": str(r), "LOCAL_RANK": str(r)} if world > 1 else base
         with open(f"{logs}.r{r}.out", "w") as out, open(f"{logs}.r{r}.err", "w") as err:
             procs.append(subprocess.Popen([sys.executable, __file__, *args], env=rank_env,
-                                          stdout=out, stderr=err, text=True))
+                                          stdout=out, stderr=err, text=True,
+                                          start_new_session=new_session))
     return procs
 
 

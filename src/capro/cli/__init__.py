@@ -16,7 +16,7 @@ from capro.errors import CaproError
 # Order is the order shown by ``capro --help``.
 COMMANDS = (
     "demo", "run", "simulate", "validate", "convert", "text", "graph", "train",
-    "clean", "evaluate", "predict", "export", "report",
+    "clean", "evaluate", "predict", "export", "export_model", "report",
 )
 
 

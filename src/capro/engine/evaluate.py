@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from capro.data.datasets import EvalDataset
 from capro.data.layout import ClassInfo, Record, escape_text
+from capro.engine.signals import ignore_stop_signals
 from capro.errors import DataError
 from capro.eval.metrics import topk_accuracy
 from capro.eval.multilabel import multilabel_metrics
@@ -40,7 +41,8 @@ def collect(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_s
     """
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        worker_init_fn=ignore_stop_signals)
     outs, targets = [], []
     call = model.extract_features if fn == "features" else model
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):

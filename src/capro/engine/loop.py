@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from capro.engine.bad_images import gather_bad_images
 from capro.engine.nonfinite import check_finite
+from capro.engine.signals import ignore_stop_signals
 from capro.model.capro import StepFlags
 from capro.utils.dist import concat_all_gather
 from capro.utils.io import atomic_write
@@ -79,12 +80,14 @@ class EpochSampler(Sampler[int]):
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: derive NumPy and Python seeds from the worker's torch seed."""
+    """DataLoader ``worker_init_fn``: derive NumPy and Python seeds from the worker's torch seed;
+    the worker ignores stop signals (:func:`~capro.engine.signals.ignore_stop_signals`)."""
     import random
 
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+    ignore_stop_signals(worker_id)
 
 
 @dataclass

@@ -99,6 +99,17 @@ class GracefulStop:
         self._previous.clear()
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT.
+
+    Schedulers signal the whole process group (SLURM pre-emption, ``scancel``, Ctrl-C in a
+    terminal), so the workers receive the stop signal too. Ignoring it lets the main process take
+    its graceful stop and then shut its workers down itself, instead of losing a worker mid-batch.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def stop_requested_anywhere(flag: bool, device: torch.device | str | None = None) -> bool:
     """Logical OR of ``flag`` over all processes (all-reduce MAX); ``flag`` itself in one process.
 

@@ -52,7 +52,7 @@ from capro.engine.loop import (
 )
 from capro.engine.schedule import epoch_lr, set_lr
 from capro.engine.selection import BestEpoch, EpochScorer
-from capro.engine.signals import GracefulStop, Preempted, stop_requested_anywhere
+from capro.engine.signals import GracefulStop, Preempted, ignore_stop_signals, stop_requested_anywhere
 from capro.errors import CaproError, DataError
 from capro.losses import pos_weights
 from capro.model.capro import CAPro, StepFlags
@@ -183,7 +183,7 @@ def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epo
     ds = ctx.train_dataset(records=[ctx.train.records[i] for i in idx], indices=idx, targets=targets)
     ds.set_epoch(epoch)
     loader = DataLoader(ds, batch_size=ctx.cfg.train.eval_batch_size, shuffle=False,
-                        num_workers=ctx.cfg.data.workers)
+                        num_workers=ctx.cfg.data.workers, worker_init_fn=ignore_stop_signals)
     was_training = model.training
     model.eval()
     z, valid, errors = [], [], []
@@ -410,7 +410,7 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
     device = ctx.dist.device
     model.eval()
     loader = DataLoader(ctx.eval_dataset(), batch_size=cfg.train.eval_batch_size, shuffle=False,
-                        num_workers=cfg.data.workers)
+                        num_workers=cfg.data.workers, worker_init_fn=ignore_stop_signals)
     scores, nearest, valid, skipped = [], [], [], []
     protos = model.prototypes
     for batch in loader:
