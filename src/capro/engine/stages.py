@@ -52,7 +52,12 @@ from capro.engine.loop import (
 )
 from capro.engine.schedule import epoch_lr, set_lr
 from capro.engine.selection import BestEpoch, EpochScorer
-from capro.engine.signals import GracefulStop, Preempted, ignore_stop_signals, stop_requested_anywhere
+from capro.engine.signals import (
+    GracefulStop,
+    Preempted,
+    ignore_stop_signals,
+    stop_requested_anywhere,
+)
 from capro.errors import CaproError, DataError
 from capro.losses import pos_weights
 from capro.model.capro import CAPro, StepFlags
