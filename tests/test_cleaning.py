@@ -122,3 +122,22 @@ def test_clean_batch_multilabel_matches_loop(seed):
             assert float(r.target[i, k]) == new
             assert bool(r.flipped[i, k]) == (up or down)
         assert bool(r.clean[i]) == any_valid
+
+
+def test_clean_batch_keep_threshold():
+    # C = 4, tau = 0.9; keep_th 0.5 instead of 1/C = 0.25
+    scores = torch.tensor([[0.30, 0.40, 0.20, 0.10],   # s[y] 0.30: kept by 1/C, removed at 0.5
+                           [0.50, 0.30, 0.10, 0.10],   # s[y] == 0.5 -> kept (>=)
+                           [0.05, 0.05, 0.05, 0.85],   # anchor -> kept whatever s[y]
+                           [0.02, 0.93, 0.03, 0.02]],  # relabelled (max >= tau) either way
+                          dtype=torch.float64)
+    target = torch.zeros(4, dtype=torch.long)
+    anchor = torch.tensor([False, False, True, False])
+    paper = clean_batch(scores, target, pseudo_th=0.9, anchor=anchor)
+    strict = clean_batch(scores, target, pseudo_th=0.9, anchor=anchor, keep_th=0.5)
+    assert paper.kept.tolist() == [True, True, True, False]
+    assert strict.kept.tolist() == [False, True, True, False]
+    assert strict.relabeled.tolist() == paper.relabeled.tolist() == [False, False, False, True]
+    assert strict.target.tolist() == [0, 0, 0, 1]
+    assert torch.equal(clean_batch(scores, target, pseudo_th=0.9, anchor=anchor, keep_th=0.25).clean,
+                       paper.clean)

@@ -48,16 +48,18 @@ class CleanResult:
 
 @torch.no_grad()
 def clean_batch(
-    scores: Tensor, target: Tensor, *, pseudo_th: float, anchor: Tensor | None = None
+    scores: Tensor, target: Tensor, *, pseudo_th: float, anchor: Tensor | None = None,
+    keep_th: float | None = None,
 ) -> CleanResult:
     """Apply the single-label cleaning rules to scores [B, C] and web labels target [B].
 
     Relabel first: if ``max_c s_c >= pseudo_th`` the label becomes the argmax (a relabel counts
     only when the label changes; a confident argmax equal to y is "kept"). Otherwise keep when
-    ``s[y] >= 1/C`` (note >=). Anchors (bool [B]) are always kept and never relabelled.
-    ``kept`` and ``relabeled`` are disjoint.
+    ``s[y] >= keep_th`` (note >=; ``None`` = 1/C, the paper's rule). Anchors (bool [B]) are always
+    kept and never relabelled. ``kept`` and ``relabeled`` are disjoint.
     """
     num_classes = scores.shape[1]
+    keep_th = 1.0 / num_classes if keep_th is None else keep_th
     target = target.long()
     max_s, argmax = scores.max(dim=1)
     confident = max_s >= pseudo_th
@@ -66,7 +68,7 @@ def clean_batch(
         torch.zeros_like(confident) if anchor is None else anchor.to(device=scores.device).bool()
     )
     relabeled = confident & (argmax != target) & ~is_anchor
-    kept = ~relabeled & ((own >= 1.0 / num_classes) | (confident & (argmax == target)) | is_anchor)
+    kept = ~relabeled & ((own >= keep_th) | (confident & (argmax == target)) | is_anchor)
     new_target = torch.where(relabeled, argmax, target)
     return CleanResult(target=new_target, clean=kept | relabeled, kept=kept, relabeled=relabeled)
 

@@ -120,6 +120,9 @@ class MethodConfig:
     ``label_smoothing`` | ``ncr``."""
     pseudo_th: float = 0.6
     """Relabel threshold tau (0.9 for NUS-WIDE)."""
+    keep_th: float | None = None
+    """Single-label cleaning keeps a sample with its own label when s[y] >= this (online and
+    offline); None = 1/C, the paper's rule."""
     protect_anchors: bool = True
     prototypes: str = "anchors"
     """How prototypes start: ``anchors`` (CAPro) or ``all`` (MoPro: zero-initialised, updated from
@@ -203,6 +206,10 @@ class CleanConfig:
     """None = use ``method.pseudo_th``."""
     protect_anchors: bool = False
     """The released single-label analysis does not protect anchors offline (§3.8)."""
+    stage2_checkpoint: str = "kept"
+    """Which stage-2 weights clean offline and start stage 3b: ``kept`` (what stage 2 hands on,
+    see ``train.keep``) or ``best`` (its best-validation epoch, ``RUN/stage2/best.pt``, whatever
+    ``train.keep`` says)."""
 
 
 @dataclass
@@ -457,6 +464,7 @@ _CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
     "train.on_bad_image": ("skip", "stop"),
     "train.keep": ("best", "last"),
+    "clean.stage2_checkpoint": ("kept", "best"),
 }
 
 
@@ -498,6 +506,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.low_dim": _at_least(1), "model.queue": _at_least(1), "model.moco_m": _within(0, 1),
     "model.proto_m": _within(0, 1), "model.temperature": _above(0),
     "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),
+    "method.keep_th": _within(0, 1),
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
     "train.max_steps_per_epoch": _at_least(0), "train.val_every": _at_least(0),

@@ -87,3 +87,24 @@ def test_memorisation_metric_is_reported_against_truth(tiny_run):
     fit = m["train_truth"]["memorisation"]
     assert fit["n_noisy"] + fit["n_clean"] == 200
     assert 0.0 <= fit["noisy_fit"] <= 1.0 and 0.0 <= fit["clean_fit"] <= 1.0
+
+
+def test_offline_cleaning_from_the_best_stage2_epoch(tiny_web_data, tmp_path):
+    from capro.engine.runner import clean_run
+
+    cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn", "train.keep=last",
+                                                "clean.stage2_checkpoint=best", "stage2.lr=0.3"])
+    run = tmp_path / "run"
+    m = run_pipeline(tiny_web_data, run, cfg, progress=False)
+    rows = _log(run / "stage2" / "log.csv")
+    assert m["stages"]["stage2"]["kept_epoch"] == len(rows) - 1  # keep=last
+    best = load_checkpoint(run / "stage2" / "best.pt")
+    assert best["epoch"] == int(np.argmax([float(r["val_top1"]) for r in rows]))
+    probs = np.load(run / "stage3a" / "probs.npy")
+    # clean_run re-derives stage 3a from the config: again from best.pt, so the same scores
+    clean_run(run)
+    np.testing.assert_array_equal(np.load(run / "stage3a" / "probs.npy"), probs)
+    # and the stage-2 weights that stage 3a scored with are best.pt's, not the last epoch's
+    last = load_checkpoint(run / "stage2" / "checkpoint.pt")["model"]
+    if best["epoch"] != len(rows) - 1:
+        assert not _same_weights(best["model"], last)

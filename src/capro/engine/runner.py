@@ -290,6 +290,17 @@ def _offline_clean(p: _Pipeline, model: CAPro, domain, text_distance) -> Offline
         return OfflineCleaning(z["target"], z["clean"], z["relabeled"])
 
 
+def _load_best(p: _Pipeline, stage: str, model: CAPro) -> None:
+    """Put ``stage``'s best-validation weights into ``model`` (no-op without ``best.pt``)."""
+    path = p.dir(stage) / "best.pt"
+    if path.is_file():
+        load_weights(model, load_checkpoint(path)["model"])
+        model.to(p.ctx.dist.device)
+    elif p.ctx.is_main:
+        warnings.warn(f"clean.stage2_checkpoint=best, but {path} does not exist (no validation "
+                      "split was scored); cleaning with the weights stage 2 handed on", stacklevel=2)
+
+
 def _truth_arrays(ctx: RunContext, truth: dict[str, dict]) -> np.ndarray | None:
     """True labels aligned with the training records: [N] (-1 out-of-distribution) or [N, C]."""
     index = {c.name: i for i, c in enumerate(ctx.classes)}
@@ -410,6 +421,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                            dataset=ctx.train_dataset(domain=domain))
         final_stage = "stage2"
         if cfg.stage3.epochs > 0:
+            if cfg.clean.stage2_checkpoint == "best":
+                _load_best(p, "stage2", model)
             verdict = _offline_clean(p, model, domain, text_distance)
             keep = np.flatnonzero(verdict.clean)
             if keep.size == 0:
@@ -472,6 +485,8 @@ def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = No
     if protect_anchors is not None:
         cfg.clean.protect_anchors = protect_anchors
     ckpt = run_dir / "stage2" / "checkpoint.pt"
+    if cfg.clean.stage2_checkpoint == "best" and (run_dir / "stage2" / "best.pt").is_file():
+        ckpt = run_dir / "stage2" / "best.pt"
     if not ckpt.is_file():
         raise CaproError(f"{ckpt}: not found; offline cleaning needs a finished stage 2 "
                          f"(`capro run DATA --out {run_dir}` with stage2.epochs > 0)")

@@ -53,6 +53,8 @@ class StepFlags:
     alpha: float = 0.5
     beta: float = 0.1
     pseudo_th: float = 0.6
+    keep_th: float | None = None
+    """Single-label keep threshold on s[y]; None = 1/C (the paper)."""
     protect_anchors: bool = True
     w_inst: float = 1.0
     w_recn: float = 1.0
@@ -306,6 +308,7 @@ class CAPro(nn.Module):
                 target,
                 pseudo_th=flags.pseudo_th,
                 anchor=None if anchor is None else anchor.to(target.device).bool(),
+                keep_th=flags.keep_th,
             )
             target, clean, relabeled = result.target, result.clean, result.relabeled
         else:
