@@ -143,7 +143,8 @@ def create_backbone(
 
     Returns ``(module, F)``: the module maps images [B, in_chans, H, W] to pooled features [B, F].
     ``pretrained`` is an optional path to a state dict file (loaded non-strictly, see
-    ``load_backbone_weights``). Unknown names go to timm if it is installed, else ``ConfigError``.
+    ``load_backbone_weights``), or weights in an installable package's format
+    (``package:efficientnet-lite0``, see :mod:`capro.model.pretrained`). Unknown names go to timm if it is installed, else ``ConfigError``.
     """
     factory = BACKBONES.get(name)
     module, feature_dim = (
@@ -152,5 +153,13 @@ def create_backbone(
         else _timm_backbone(name, in_chans=in_chans)
     )
     if pretrained:
-        load_backbone_weights(module, pretrained)
+        from capro.model import pretrained as converted
+
+        if converted.is_efficientnet_lite_file(pretrained):
+            missing = converted.load_converted(module, pretrained, name)
+            if missing:
+                warnings.warn(f"{pretrained}: model keys the weights did not cover: {missing}",
+                              stacklevel=2)
+        else:
+            load_backbone_weights(module, pretrained)
     return module, feature_dim
