@@ -23,7 +23,7 @@ def _load_common():
 bc = _load_common()
 
 
-@pytest.mark.parametrize("size_name", ["quick", "full"])
+@pytest.mark.parametrize("size_name", ["quick", "full", "long"])
 @pytest.mark.parametrize("row", bc.ROWS)
 def test_every_row_resolves_with_the_same_backbone_budget(row, size_name):
     size = bc.SIZES[size_name]
@@ -34,7 +34,7 @@ def test_every_row_resolves_with_the_same_backbone_budget(row, size_name):
     assert {cfg.stage1.batch_size, cfg.stage2.batch_size, cfg.stage3.batch_size} == {size.batch_size}
     epochs = bc.stage_epochs(cfg)
     assert epochs["stage1"] + epochs["stage2"] == size.e1 + size.e2
-    assert epochs["stage3"] == (size.e3 if row == "capro-ft" else 0)
+    assert epochs["stage3"] == (size.e3 if row.startswith("capro-ft") else 0)
 
 
 def test_rows_differ_only_where_benchmark_md_says():
@@ -42,7 +42,9 @@ def test_rows_differ_only_where_benchmark_md_says():
     cfg = {row: bc.row_config(row, size, seed=0) for row in bc.ROWS}
     assert cfg["ce"].method.bootstrap == "none"
     assert cfg["ce"].stage1.w_inst == 0 and cfg["ce"].stage1.w_recn == 0
-    assert cfg["cleanlab"] == cfg["ce"]
+    assert cfg["cleanlab"] == cfg["ce"] == cfg["oracle"]
+    assert cfg["capro-ft-s2best"].clean.stage2_checkpoint == "best"
+    assert cfg["capro-ft"].clean.stage2_checkpoint == "kept"
     assert cfg["vanilla"].method.bootstrap == "collective" and cfg["vanilla"].stage2.epochs == 0
     assert cfg["mopro"].method.prototypes == "all"
     assert cfg["capro-random-anchors"].match.anchors == "random"
@@ -135,12 +137,15 @@ def test_replace_block_inserts_then_replaces():
 
 def test_row_metrics_from_engine_metrics():
     metrics = {"eval": {"test": {"top1": 0.9, "top5": 1.0, "n": 10}},
-               "stages": {"stage1": {"seconds": 5.0}, "stage2": {"seconds": 7.5}},
+               "stages": {"stage1": {"seconds": 5.0, "eval": {"test": {"top1": 0.8}}},
+                          "stage2": {"seconds": 7.5}},
                "train_truth": {"anchor_precision": 0.96, "relabel_accuracy": None,
-                               "noise_detection": {"precision": 0.5, "recall": 0.25, "f1": 1 / 3}}}
+                               "noise_detection": {"precision": 0.5, "recall": 0.25, "f1": 1 / 3},
+                               "memorisation": {"noisy_fit": 0.4}}}
     m = bc.row_metrics(metrics)
     assert m == {"top1": 0.9, "top5": 1.0, "anchor_precision": 0.96, "noise_precision": 0.5,
-                 "noise_recall": 0.25, "noise_f1": 1 / 3, "relabel_accuracy": None, "seconds": 12.5}
+                 "noise_recall": 0.25, "noise_f1": 1 / 3, "relabel_accuracy": None, "seconds": 12.5,
+                 "noisy_fit": 0.4, "stage1_top1": 0.8, "stage2_top1": None}
     assert bc.row_metrics({"eval": {}})["top1"] is None
 
 
@@ -152,3 +157,32 @@ def test_size_dict_survives_json_and_size_tag_tracks_the_spec():
     assert json.loads(json.dumps(bc.size_dict(size))) == bc.size_dict(size)
     assert bc.size_tag(size).startswith("quick-")
     assert bc.size_tag(dataclasses.replace(size, e1=size.e1 + 1)) != bc.size_tag(size)
+
+
+def test_long_size_keeps_last_epochs_scores_test_curves_and_uses_the_preset_w_inst():
+    cfg = bc.row_config("capro-ft", bc.SIZES["long"], seed=0)
+    assert cfg.train.keep == "last" and cfg.train.curve_splits == ["test"]
+    assert (cfg.stage1.w_inst, cfg.stage2.w_inst) == (0.1, 0.1)
+    assert cfg.stage1.epochs + cfg.stage2.epochs == bc.row_config("ce", bc.SIZES["long"], 0).stage1.epochs
+
+
+def test_best_validation_reads_test_at_the_first_best_val_epoch():
+    curves = {"stage": ["stage1"] * 5, "val_top1": [0.5, 0.7, None, 0.7, 0.6],
+              "test_top1": [0.4, 0.66, 0.9, 0.68, 0.61]}
+    assert bc.best_validation(curves) == {"top1_best": 0.66, "best_epoch": 1, "val_best": 0.7}
+    assert bc.best_validation({"val_top1": [None], "test_top1": [0.3]})["top1_best"] is None
+
+
+def test_ce_best_row_is_derived_from_ce_and_the_gap_share():
+    def res(row, seed, top1, best):
+        return {"row": row, "seed": seed, "stages": {"stage1": 1.0},
+                "metrics": {"top1": top1, "top1_best": best, "noisy_fit": 0.5}}
+
+    agg = bc.aggregate([res("ce", 0, 0.70, 0.76), res("ce", 1, 0.72, 0.78), res("oracle", 0, 0.80, 0.81),
+                        res("capro-ft", 0, 0.77, 0.79)])
+    assert list(agg) == ["ce", "ce-best", "capro-ft", "oracle"]
+    assert agg["ce-best"]["metrics"]["top1"]["mean"] == pytest.approx(0.77)
+    assert agg["ce-best"]["metrics"]["noisy_fit"]["mean"] is None
+    # (0.77 - 0.71) / (0.80 - 0.71)
+    assert bc.gap_closed(agg, "capro-ft") == pytest.approx(0.06 / 0.09)
+    assert bc.gap_closed(agg, "cleanlab") is None
