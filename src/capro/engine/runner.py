@@ -61,23 +61,36 @@ from capro.utils.io import atomic_write, read_json, write_json
 MODEL_FILE = "model.pt"
 
 
+LATER_KEYS: dict[str, dict[str, Any]] = {"method": {"keep_th": None}, "clean": {"stage2_checkpoint": "kept"}}
+"""Config keys added after runs were fingerprinted without them, with their default: at that
+default they stay out of the fingerprint, so runs made before the key existed still count as
+finished (and resume) under the newer code."""
+
+
 def _fingerprints(cfg: Config, data_root: Path, n_train: int) -> dict[str, str]:
-    d = dataclasses.asdict
+    def d(name: str) -> dict[str, Any]:
+        """Config section ``name`` as the fingerprint sees it."""
+        out = dataclasses.asdict(getattr(cfg, name))
+        for key, default in LATER_KEYS.get(name, {}).items():
+            if out.get(key) == default:
+                out.pop(key)
+        return out
+
     base = {
         "seed": cfg.seed, "n_train": n_train,
         "train_file": file_digest(data_root / "train.jsonl"),
-        "data": {k: v for k, v in d(cfg.data).items() if k not in ("workers", "check_images", "skip_bad")},
-        "model": d(cfg.model), "method": d(cfg.method),
+        "data": {k: v for k, v in d("data").items() if k not in ("workers", "check_images", "skip_bad")},
+        "model": d("model"), "method": d("method"),
         "train": {k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch",
                                                      "keep", "val_split", "val_every")},
     }
-    fps = {"stage1": fingerprint({"base": base, "stage": d(cfg.stage1)})}
+    fps = {"stage1": fingerprint({"base": base, "stage": d("stage1")})}
     fps["features"] = fingerprint({"up": fps["stage1"], "step": "features"})
-    fps["anchors"] = fingerprint({"up": fps["features"], "text": d(cfg.text), "graph": d(cfg.graph),
-                                  "match": d(cfg.match)})
-    fps["stage2"] = fingerprint({"up": fps["anchors"], "stage": d(cfg.stage2)})
-    fps["stage3a"] = fingerprint({"up": fps["stage2"], "clean": d(cfg.clean)})
-    fps["stage3b"] = fingerprint({"up": fps["stage3a"], "stage": d(cfg.stage3)})
+    fps["anchors"] = fingerprint({"up": fps["features"], "text": d("text"), "graph": d("graph"),
+                                  "match": d("match")})
+    fps["stage2"] = fingerprint({"up": fps["anchors"], "stage": d("stage2")})
+    fps["stage3a"] = fingerprint({"up": fps["stage2"], "clean": d("clean")})
+    fps["stage3b"] = fingerprint({"up": fps["stage3a"], "stage": d("stage3")})
     return fps
 
 
