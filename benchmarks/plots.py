@@ -17,6 +17,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_quality(agg: dict[str, dict[str, Any]], path: Path, *, title: str = "") -> Path:
     """Bars of test top-1 and noise-detection F1 per row (mean, error bar = std over seeds)."""
     rows = list(agg)
@@ -39,10 +46,7 @@ def plot_quality(agg: dict[str, dict[str, Any]], path: Path, *, title: str = "")
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_test_curves(results: list[dict[str, Any]], path: Path, *, rows: tuple[str, ...] = ("ce", "capro-ft", "oracle"),
@@ -69,10 +73,7 @@ def plot_test_curves(results: list[dict[str, Any]], path: Path, *, rows: tuple[s
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_perf(ratios: list[tuple[str, float, float | None]], path: Path, *, title: str = "") -> Path:

@@ -80,7 +80,7 @@ def result_path(results: Path, size: Size, profile: str, row: str, seed: int) ->
 
 
 def aggregate_path(results: Path, size: Size, profile: str) -> Path:
-    prefix = "quality_quick" if size.name == "quick" else "quality"
+    prefix = "quality" if size.name == "full" else f"quality_{size.name}"
     return results / f"{prefix}_{profile}.json"
 
 

@@ -139,6 +139,25 @@ def finish(procs: list[subprocess.Popen], logs: Path, *, timeout: float = 300) -
     return [(p.returncode, Path(f"{logs}.r{r}.err").read_text()) for r, p in enumerate(procs)]
 
 
+def assert_resume_matches(cmd: list[str], run: Path, ref_run: Path, ref: dict, *, timeout: float = 900) -> None:
+    """Rerun ``cmd`` with ``--resume``: it must finish with the reference run's evaluation and
+    cleaning exactly and its weights within 1e-5 (the stopped run kept every state it needs)."""
+    import json
+
+    import torch
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads((run / "metrics.json").read_text())
+    assert got["eval"] == ref["eval"]
+    assert got["cleaning"] == ref["cleaning"]
+    a = torch.load(run / "model.pt", weights_only=True)["model"]
+    b = torch.load(ref_run / "model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
 def run(args: list[str], *, logs: Path, **kw) -> list[tuple[int, str]]:
     """:func:`start` then :func:`finish`."""
     return finish(start(args, logs=logs, **kw), logs)

@@ -11,17 +11,15 @@ with none computed.
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from _launch import finish, start
+from _launch import assert_resume_matches, finish, start
 from test_engine_sigterm_resume import _wait_for_line
 
 from capro.engine.signals import EXIT_PREEMPTED
-from capro.utils.io import read_json
 
 TINY_RUN_OVERRIDES = ["model.backbone=simple_cnn"]  # as the tiny_run fixture
 
@@ -48,13 +46,4 @@ def test_signal_to_process_group_with_workers_stops_gracefully(sig, tiny_run, ti
     ck = torch.load(last, weights_only=True)
     assert (ck["epoch"], ck["step_in_epoch"]) == (2, 3)
 
-    done = subprocess.run([sys.executable, "-m", "capro", *args, "--resume"], capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = read_json(run / "metrics.json")
-    assert got["eval"] == ref["eval"]
-    assert got["cleaning"] == ref["cleaning"]
-    a = torch.load(run / "model.pt", weights_only=True)["model"]
-    b = torch.load(ref_run / "model.pt", weights_only=True)["model"]
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    assert_resume_matches([sys.executable, "-m", "capro", *args], run, ref_run, ref)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from _launch import finish, start
+from _launch import assert_resume_matches, finish, start
 
 from capro.engine.signals import EXIT_PREEMPTED
 from capro.utils.io import read_json
@@ -61,15 +61,6 @@ def test_sigterm_mid_epoch_exits_75_and_resume_matches_uninterrupted(tiny_run, t
     assert not (run / "stage2" / "done.json").exists()
     assert not (run / "metrics.json").exists()
 
-    done = subprocess.run([sys.executable, "-m", "capro", *args, "--resume"], capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert_resume_matches([sys.executable, "-m", "capro", *args], run, ref_run, ref, timeout=600)
     got = read_json(run / "metrics.json")
-    assert got["eval"] == ref["eval"]
-    assert got["cleaning"] == ref["cleaning"]
     assert got["stages"]["stage2"]["eval"] == ref["stages"]["stage2"]["eval"]
-    a = torch.load(run / "model.pt", weights_only=True)["model"]
-    b = torch.load(ref_run / "model.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
