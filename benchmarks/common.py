@@ -92,6 +92,12 @@ class Size:
 PAPER_W_INST = ("stage1.w_inst=1", "stage2.w_inst=1")
 
 
+# The recorded tables used the torch kNN backend, the ``cpu`` preset's choice then; pinned so that
+# the commands still reproduce them (the preset now lets faiss serve when installed: same
+# neighbours, faster on CPU).
+RECORDED_BACKEND = ("graph.backend=torch",)
+
+
 SIZES: dict[str, Size] = {
     "quick": Size("quick", train_size=1000, val_size=100, test_size=500, image_size=32,
                   e1=2, e2=2, e3=1, batch_size=64, backbone="resnet18_tiny",
@@ -133,6 +139,7 @@ def _two_stage(size: Size, *, finetune: bool = False) -> list[str]:
 def common_overrides(size: Size, seed: int) -> list[str]:
     """The overrides every row shares: seed, image size, backbone, batch sizes, graph sizes."""
     return [f"seed={seed}", f"data.image_size={size.image_size}", f"model.backbone={size.backbone}",
+            *RECORDED_BACKEND,
             *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)),
             *(PAPER_W_INST if size.paper_w_inst else ()), *size.overrides]
 

