@@ -341,8 +341,9 @@ def gap_line(agg: dict[str, Any]) -> str:
             g = gap_closed(agg, row, key=key)
             if g is not None and not (row == "ce-best" and key == "top1_best"):
                 parts.append(f"`{row}` ({when}) {g * 100:.0f} %")
-    return ("Share of the gap from `ce` to `oracle` closed (each reading against `ce` and `oracle` read "
-            "the same way): " + (", ".join(parts) or "–"))
+    seeds = sorted(set(agg.get("ce", {}).get("seeds", [])) & set(agg.get("oracle", {}).get("seeds", [])))
+    return (f"Share of the gap from `ce` to `oracle` closed, on the seeds where both ran ({seeds}); each "
+            "reading against `ce` and `oracle` read the same way: " + (", ".join(parts) or "–"))
 
 
 def write_outputs(results: Path, size: Size, profile: str, *, markdown: bool) -> dict[str, Any]:
@@ -362,7 +363,9 @@ def write_outputs(results: Path, size: Size, profile: str, *, markdown: bool) ->
         if size.name == "long":
             plot_test_curves(rs, png.with_name(f"{png.stem}_curves.png"),
                              title=f"{profile} profile, long size: test top-1 over epochs")
-            update_markdown(tag, quality_table(agg, LONG_COLUMNS) + "\n\n" + gap_line(agg))
+            both = set.intersection(*[{r["seed"] for r in rs if r["row"] == row} for row in ("ce", "oracle")])
+            matched = aggregate([r for r in rs if r["seed"] in both])
+            update_markdown(tag, quality_table(agg, LONG_COLUMNS) + "\n\n" + gap_line(matched))
         else:
             update_markdown(tag, quality_table(agg))
         update_markdown(f"{tag}-stages", stage_table(agg))
