@@ -97,9 +97,11 @@ def _install_fault(spec: str) -> None:
 GN_OVERRIDES = ["model.backbone=gn_cnn", "stage1.epochs=1", "stage2.epochs=2",
                 "stage2.frozen_encoder_epoch=1", "stage2.init_proto_epoch=0",
                 "stage2.start_clean_epoch=null", "stage3.epochs=0", "train.max_steps_per_epoch=2",
-                "model.queue=96", "device=cpu"]
+                "model.queue=96", "device=cpu", "train.keep=last"]
 """The DDP test's run (test_engine_ddp.py): 1 + 2 epochs of 2 steps, batch-independent backbone
-(``gn=True``, or :func:`gn_backbone` in this process)."""
+(``gn=True``, or :func:`gn_backbone` in this process). ``train.keep=last``: the runs compare
+training across process counts, and a validation tie broken by float-order noise must not pick
+another epoch."""
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ def _torchrun(args: list[str]) -> list[str]:
 
 def test_sigterm_to_torchrun_stops_both_ranks_and_resumes(tiny_web_data, tmp_path):
     env = {**os.environ, "CAPRO_TEST_GN": "1", "CAPRO_TEST_AT": ""}
-    args = ["run", str(tiny_web_data), *GN_OVERRIDES, "--preset", "tiny", "train.keep=last"]
+    args = ["run", str(tiny_web_data), *GN_OVERRIDES, "--preset", "tiny"]
     one = subprocess.run([sys.executable, LAUNCHER, *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
