@@ -36,7 +36,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 """Variant -> overrides over ``capro-ft`` (``long`` size)."""
 
 OFFLINE_ONLY = ("clean.",)
-"""Override prefixes that leave stages 1 and 2 as they are (those variants reuse ``default``'s)."""
+"""Override prefixes that leave stages 1 and 2 as they are: a variant reuses stages 1 and 2 of
+the variant with the same overrides less these (``s2best`` those of ``default``)."""
 
 
 def run_variant(name: str, profile: str, seed: int, work: Path) -> dict[str, Any]:
@@ -46,10 +47,12 @@ def run_variant(name: str, profile: str, seed: int, work: Path) -> dict[str, Any
     data = ensure_data(work, size, profile, seed)
     run_dir = work / "variants" / profile / f"seed{seed}" / name
     overrides = [*row_overrides("capro-ft", size, seed), *VARIANTS[name]]
-    donor = work / "variants" / profile / f"seed{seed}" / "default"
-    if name != "default" and all(o.startswith(OFFLINE_ONLY) for o in VARIANTS[name]):
+    upstream = tuple(o for o in VARIANTS[name] if not o.startswith(OFFLINE_ONLY))
+    donors = [v for v, o in VARIANTS.items() if o == upstream and v != name]
+    donor = work / "variants" / profile / f"seed{seed}" / (donors[0] if donors else name)
+    if donors:
         if not (donor / "metrics.json").is_file():
-            raise RuntimeError(f"run the default variant of {profile} seed {seed} first")
+            raise RuntimeError(f"run the {donors[0]} variant of {profile} seed {seed} first")
         for step in ("text", "stage1", "features", "graph", "match", "anchors", "stage2"):
             if (donor / step).is_dir() and not (run_dir / step).exists():
                 run_dir.mkdir(parents=True, exist_ok=True)
