@@ -7,8 +7,7 @@ import sys
 import time
 
 import torch
-
-from capro.utils.io import read_json
+from _launch import assert_resume_matches
 
 TINY_RUN_OVERRIDES = ["model.backbone=simple_cnn"]  # as the tiny_run fixture
 
@@ -30,13 +29,4 @@ def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_run, tiny_
     killed_at = torch.load(ckpt, weights_only=True)
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) < (3, 0)
 
-    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = read_json(run / "metrics.json")
-    assert got["eval"] == ref["eval"]
-    assert got["cleaning"] == ref["cleaning"]
-    a = torch.load(run / "model.pt", weights_only=True)["model"]
-    b = torch.load(ref_run / "model.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    assert_resume_matches(cmd, run, ref_run, ref)
