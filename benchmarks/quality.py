@@ -369,7 +369,8 @@ def write_outputs(results: Path, size: Size, profile: str, *, markdown: bool) ->
         else:
             update_markdown(tag, quality_table(agg))
         update_markdown(f"{tag}-stages", stage_table(agg))
-        update_markdown(f"{tag}-commands", commands_markdown(size, profile))
+        ran = tuple(dict.fromkeys([*size.rows, *(r for r in ROWS if r in agg)]))
+        update_markdown(f"{tag}-commands", commands_markdown(size, profile, ran))
     return summary
 
 

@@ -20,7 +20,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, SIZES, machine_info, row_metrics, row_overrides  # noqa: E402
+from common import (  # noqa: E402
+    PAPER_KEEP,
+    RESULTS,
+    SIZES,
+    machine_info,
+    row_metrics,
+    row_overrides,
+    update_markdown,
+)
 from quality import DEFAULT_WORK, _link_tree, curve_fields, ensure_data, log  # noqa: E402
 
 from capro.config import load_config  # noqa: E402
@@ -30,10 +38,15 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "s2best": ("clean.stage2_checkpoint=best",),
     "keep05": ("method.keep_th=0.5",),
+    "keep03": ("method.keep_th=0.3",),
+    "top1": ("method.keep_top=1",),
+    "norelabel": ("method.pseudo_th=1.0",),
     "alpha025": ("method.alpha=0.25",),
     "keep05-s2best": ("method.keep_th=0.5", "clean.stage2_checkpoint=best"),
 }
-"""Variant -> overrides over ``capro-ft`` (``long`` size)."""
+"""Variant -> overrides over ``capro-ft`` (``long`` size) with the paper's keep rule
+(``common.PAPER_KEEP``), whatever the ``cpu`` preset's keep rule is: ``default`` stays the paper's
+method."""
 
 OFFLINE_ONLY = ("clean.",)
 """Override prefixes that leave stages 1 and 2 as they are: a variant reuses stages 1 and 2 of
@@ -46,7 +59,7 @@ def run_variant(name: str, profile: str, seed: int, work: Path) -> dict[str, Any
     size = SIZES["long"]
     data = ensure_data(work, size, profile, seed)
     run_dir = work / "variants" / profile / f"seed{seed}" / name
-    overrides = [*row_overrides("capro-ft", size, seed), *VARIANTS[name]]
+    overrides = [*row_overrides("capro-ft", size, seed), *PAPER_KEEP, *VARIANTS[name]]
     upstream = tuple(o for o in VARIANTS[name] if not o.startswith(OFFLINE_ONLY))
     donors = [v for v, o in VARIANTS.items() if o == upstream and v != name]
     donor = work / "variants" / profile / f"seed{seed}" / (donors[0] if donors else name)
@@ -72,6 +85,37 @@ def run_variant(name: str, profile: str, seed: int, work: Path) -> dict[str, Any
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def variants_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: validation top-1 per variant (columns: profile and seed), then each profile's
+    mean over the seeds where every listed variant ran; noise P / R and noisy rows fitted per run."""
+    cols = sorted({(r["profile"], r["seed"]) for r in rows})
+    names = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    by = {(r["variant"], r["profile"], r["seed"]): r for r in rows}
+    profiles = sorted({p for p, _ in cols})
+    head = ("| variant | overrides | " + " | ".join(f"{p} {s}" for p, s in cols) + " | "
+            + " | ".join(f"{p} mean" for p in profiles) + " |")
+    lines = [head, "|" + "---|" * (2 + len(cols) + len(profiles))]
+    for v in names:
+        cells = []
+        for p, s in cols:
+            r = by.get((v, p, s))
+            cells.append("–" if r is None else
+                         f"{_pct(r['val']['top1'])} (s2 {_pct(r['val_stage_last']['stage2'])}; "
+                         f"P {_pct(r['val']['noise_precision'])} / R {_pct(r['val']['noise_recall'])}; "
+                         f"fit {_pct(r['val'].get('noisy_fit'))})")
+        for p in profiles:
+            seeds = [s for q, s in cols if q == p]
+            vals = [by[(v, p, s)]["val"]["top1"] for s in seeds if (v, p, s) in by]
+            cells.append(f"{100 * sum(vals) / len(vals):.1f} ({len(vals)})" if vals else "–")
+        over = " ".join(f"`{o}`" for o in VARIANTS[v]) or "(the paper's rules)"
+        lines.append(f"| `{v}` | {over} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", nargs="+", default=["web", "hard"], choices=["web", "hard"])
@@ -79,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     p.add_argument("--threads", type=int)
+    p.add_argument("--markdown", action="store_true",
+                   help="write the table of every stored variant into BENCHMARKS.md (variants-long)")
     args = p.parse_args(argv)
     if args.seed in (0, 1, 2):
         p.error("seeds 0-2 are the table's; choose defaults on another seed")
@@ -97,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             write_json(out, res)
             log(f"{profile} {name}: val top-1 {res['val']['top1']:.4f} (best-val epoch "
                 f"{res['best_epoch']}: {res['val_best']}) noise F1 {res['val']['noise_f1']}")
+    if args.markdown:
+        update_markdown("variants-long", variants_table([read_json(f) for f in
+                                                          sorted((RESULTS / "variants").glob("*.json"))]))
     rows = [read_json(f) for f in sorted((RESULTS / "variants").glob(f"*_seed{args.seed}_*.json"))]
     for r in rows:
         st = r["val_stage_last"]

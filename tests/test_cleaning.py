@@ -141,3 +141,25 @@ def test_clean_batch_keep_threshold():
     assert strict.target.tolist() == [0, 0, 0, 1]
     assert torch.equal(clean_batch(scores, target, pseudo_th=0.9, anchor=anchor, keep_th=0.25).clean,
                        paper.clean)
+
+
+def test_clean_batch_keep_top_requires_the_label_among_the_best_scores():
+    # C = 4, tau = 0.9, keep_th = 1/C = 0.25; web label 0 for every row
+    scores = torch.tensor([[0.30, 0.40, 0.20, 0.10],   # y ranks 2nd: kept at keep_top 0 and 2, not 1
+                           [0.35, 0.35, 0.20, 0.10],   # tie for first: y is among the best -> kept
+                           [0.26, 0.27, 0.28, 0.19],   # y ranks 3rd: kept only at keep_top 0 (and 3)
+                           [0.05, 0.05, 0.05, 0.85],   # anchor -> kept whatever its rank
+                           [0.02, 0.93, 0.03, 0.02],   # relabelled (max >= tau) at every keep_top
+                           [0.20, 0.50, 0.20, 0.10]],  # ranks 2nd but s[y] < 1/C: removed everywhere
+                          dtype=torch.float64)
+    target = torch.zeros(6, dtype=torch.long)
+    anchor = torch.tensor([False, False, False, True, False, False])
+    kept = {k: clean_batch(scores, target, pseudo_th=0.9, anchor=anchor, keep_top=k).kept.tolist()
+            for k in (0, 1, 2, 3)}
+    assert kept[0] == [True, True, True, True, False, False]
+    assert kept[1] == [False, True, False, True, False, False]
+    assert kept[2] == [True, True, False, True, False, False]
+    assert kept[3] == kept[0]
+    agree = clean_batch(scores, target, pseudo_th=0.9, anchor=anchor, keep_top=1)
+    assert agree.relabeled.tolist() == [False, False, False, False, True, False]
+    assert agree.clean.tolist() == [False, True, False, True, True, False]

@@ -41,7 +41,8 @@ class CleanResult:
     clean: Tensor
     """[B] bool: the clean set S = kept | relabeled."""
     kept: Tensor
-    """[B] bool: kept with its own label (s[y] >= 1/C, a confident argmax == y, or an anchor)."""
+    """[B] bool: kept with its own label (s[y] >= 1/C (or ``keep_th``, within the ``keep_top`` best),
+    a confident argmax == y, or an anchor)."""
     relabeled: Tensor
     """[B] bool: max s >= tau and argmax != y, not an anchor (the label changed)."""
 
@@ -49,14 +50,16 @@ class CleanResult:
 @torch.no_grad()
 def clean_batch(
     scores: Tensor, target: Tensor, *, pseudo_th: float, anchor: Tensor | None = None,
-    keep_th: float | None = None,
+    keep_th: float | None = None, keep_top: int = 0,
 ) -> CleanResult:
     """Apply the single-label cleaning rules to scores [B, C] and web labels target [B].
 
     Relabel first: if ``max_c s_c >= pseudo_th`` the label becomes the argmax (a relabel counts
     only when the label changes; a confident argmax equal to y is "kept"). Otherwise keep when
-    ``s[y] >= keep_th`` (note >=; ``None`` = 1/C, the paper's rule). Anchors (bool [B]) are always
-    kept and never relabelled. ``kept`` and ``relabeled`` are disjoint.
+    ``s[y] >= keep_th`` (note >=; ``None`` = 1/C, the paper's rule) and, when ``keep_top`` > 0,
+    y is among the ``keep_top`` best-scored classes (fewer than ``keep_top`` classes score
+    strictly higher; 1 = the scores agree with the label). Anchors (bool [B]) are always kept
+    and never relabelled. ``kept`` and ``relabeled`` are disjoint.
     """
     num_classes = scores.shape[1]
     keep_th = 1.0 / num_classes if keep_th is None else keep_th
@@ -68,7 +71,10 @@ def clean_batch(
         torch.zeros_like(confident) if anchor is None else anchor.to(device=scores.device).bool()
     )
     relabeled = confident & (argmax != target) & ~is_anchor
-    kept = ~relabeled & ((own >= keep_th) | (confident & (argmax == target)) | is_anchor)
+    plausible = own >= keep_th
+    if keep_top > 0:
+        plausible &= (scores > own.unsqueeze(1)).sum(dim=1) < keep_top
+    kept = ~relabeled & (plausible | (confident & (argmax == target)) | is_anchor)
     new_target = torch.where(relabeled, argmax, target)
     return CleanResult(target=new_target, clean=kept | relabeled, kept=kept, relabeled=relabeled)
 

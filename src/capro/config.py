@@ -123,6 +123,9 @@ class MethodConfig:
     keep_th: float | None = None
     """Single-label cleaning keeps a sample with its own label when s[y] >= this (online and
     offline); None = 1/C, the paper's rule."""
+    keep_top: int = 0
+    """When > 0, single-label cleaning also requires the label to be among the ``keep_top``
+    best-scored classes to keep it (1: the scores must agree with the label); 0 = off, the paper."""
     protect_anchors: bool = True
     prototypes: str = "anchors"
     """How prototypes start: ``anchors`` (CAPro) or ``all`` (MoPro: zero-initialised, updated from
@@ -505,7 +508,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.low_dim": _at_least(1), "model.queue": _at_least(1), "model.moco_m": _within(0, 1),
     "model.proto_m": _within(0, 1), "model.temperature": _above(0),
     "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),
-    "method.keep_th": _within(0, 1),
+    "method.keep_th": _within(0, 1), "method.keep_top": _at_least(0),
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
     "train.max_steps_per_epoch": _at_least(0), "train.val_every": _at_least(0),

@@ -186,3 +186,17 @@ def test_ce_best_row_is_derived_from_ce_and_the_gap_share():
     # (0.77 - 0.71) / (0.80 - 0.71)
     assert bc.gap_closed(agg, "capro-ft") == pytest.approx(0.06 / 0.09)
     assert bc.gap_closed(agg, "cleanlab") is None
+
+
+def test_recorded_sizes_keep_their_rows_and_pin_the_paper_keep_rule():
+    # the quick and full tables were recorded with these rows and the paper's keep rule
+    assert bc.SIZES["full"].rows == bc.RECORDED_ROWS[:-1] and bc.SIZES["quick"].rows == bc.RECORDED_ROWS
+    for name in ("quick", "full"):
+        for row in bc.RECORDED_ROWS:
+            cfg = bc.row_config(row, bc.SIZES[name], 0)
+            assert (cfg.method.keep_th, cfg.method.keep_top) == (None, 0)
+    paper = bc.row_config("capro-ft-paper-keep", bc.SIZES["long"], 0)
+    ft = bc.row_config("capro-ft", bc.SIZES["long"], 0)
+    assert (paper.method.keep_th, paper.method.keep_top) == (None, 0)
+    assert paper.stage1 == ft.stage1 and paper.stage2 == ft.stage2 and paper.stage3 == ft.stage3
+    assert "capro-ft-paper-keep" in bc.ROWS and "capro-ft-paper-keep" in bc.RUN_ORDER

@@ -20,6 +20,22 @@ def test_baseline_trains_the_backbone_for_capro_s_epochs():
     assert ce.stage1.epochs == cfg.stage1.epochs + cfg.stage2.epochs
     assert (ce.stage2.epochs, ce.stage3.epochs) == (0, 0)
     assert (ce.method.bootstrap, ce.stage1.w_inst, ce.stage1.w_recn) == ("none", 0.0, 0.0)
+    assert ce.train.keep == "last"  # the table shows what training to the end does to plain CE
+
+
+def test_full_demo_is_the_long_regime():
+    demo = demo_cli.DEMOS["full"]
+    cfg = load_config(preset=demo["preset"], overrides=demo["overrides"])
+    assert (cfg.stage1.epochs, cfg.stage2.epochs, cfg.stage3.epochs) == (10, 110, 2)
+    assert cfg.train.keep == "best" and cfg.train.curve_splits == ["test"]
+    assert demo["data"]["train_size"] == 2000 and cfg.data.image_size == 16
+
+
+def test_best_val_reading_takes_the_first_best_validation_epoch():
+    log = {"val_top1": [0.5, 0.7, None, 0.7, 0.6], "test_top1": [0.4, 0.65, 0.9, 0.8, 0.55]}
+    assert demo_cli.best_val_reading(log, "test") == (1, 0.65)
+    assert demo_cli.best_val_reading({"val_top1": [0.5]}, "test") is None
+    assert demo_cli.best_val_reading(None, "test") is None
 
 
 def test_baseline_table_formats_both_rows():
@@ -27,8 +43,12 @@ def test_baseline_table_formats_both_rows():
     ce = {"eval": {"test": {"top1": 0.72}}, "train_truth": {"memorisation": {"noisy_fit": 0.6}}}
     lines = demo_cli.baseline_table(capro, ce)
     assert lines[0].split() == ["test", "top-1", "noisy", "rows", "fitted"]
-    assert lines[1].split() == ["plain", "CE", "72.0%", "60.0%"]
+    assert lines[1].split() == ["plain", "CE,", "last", "epoch", "72.0%", "60.0%"]
     assert lines[2].split() == ["CAPro", "80.1%", "12.5%"]
+    log = {"val_top1": [0.6, 0.75, 0.7], "test_top1": [0.6, 0.769, 0.72]}
+    lines = demo_cli.baseline_table(capro, ce, log)
+    assert lines[2].split() == ["plain", "CE,", "best-val", "epoch", "(2)", "76.9%", "-"]
+    assert lines[3].split() == ["CAPro", "80.1%", "12.5%"]
 
 
 def test_demo_baseline_end_to_end(tmp_path):

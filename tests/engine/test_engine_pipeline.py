@@ -127,6 +127,9 @@ def test_stage_flags_follow_the_strict_epoch_gates():
     cfg = load_config(preset="webvision1k", overrides=["method.prototypes=all"])
     mopro = stage_flags("stage2", cfg.stage2, cfg, 0, prototypes_ready=False)
     assert mopro.prototypes_mode == "all" and mopro.proto_loss and mopro.update_prototypes
+    cfg = load_config(preset="webvision1k", overrides=["method.keep_th=0.3", "method.keep_top=1"])
+    f = stage_flags("stage2", cfg.stage2, cfg, 11, prototypes_ready=True)
+    assert (f.keep_th, f.keep_top) == (0.3, 1)
 
 
 def test_multilabel_run(tiny_multilabel_data, tmp_path):

@@ -147,7 +147,7 @@ def stage_flags(name: str, st: StageConfig, cfg: Config, epoch: int, *, prototyp
     """What a step of ``name`` does in ``epoch`` (§8.2: strict ">" gates)."""
     m = cfg.method
     common = dict(bootstrap=m.bootstrap, alpha=m.alpha, beta=m.beta, pseudo_th=m.pseudo_th,
-                  keep_th=m.keep_th,
+                  keep_th=m.keep_th, keep_top=m.keep_top,
                   protect_anchors=m.protect_anchors, w_inst=st.w_inst, w_recn=st.w_recn,
                   w_proto=st.w_proto, mixup=st.mixup, mixup_alpha=st.mixup_alpha)
     clean = st.start_clean_epoch is not None and epoch > st.start_clean_epoch
@@ -462,7 +462,7 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
                 text_distance=None))
     else:
         res = clean_batch(s, web, pseudo_th=tau, anchor=dom.bool() if cfg.clean.protect_anchors else None,
-                          keep_th=cfg.method.keep_th)
+                          keep_th=cfg.method.keep_th, keep_top=cfg.method.keep_top)
         clean = res.clean & ok
         target = torch.where(clean, res.target, torch.full_like(res.target, -1))
         verdict = OfflineCleaning(target.numpy(), clean.numpy(), (res.relabeled & ok).numpy())

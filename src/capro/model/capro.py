@@ -55,6 +55,8 @@ class StepFlags:
     pseudo_th: float = 0.6
     keep_th: float | None = None
     """Single-label keep threshold on s[y]; None = 1/C (the paper)."""
+    keep_top: int = 0
+    """Single-label: keep only labels among the ``keep_top`` best-scored classes; 0 = off."""
     protect_anchors: bool = True
     w_inst: float = 1.0
     w_recn: float = 1.0
@@ -309,6 +311,7 @@ class CAPro(nn.Module):
                 pseudo_th=flags.pseudo_th,
                 anchor=None if anchor is None else anchor.to(target.device).bool(),
                 keep_th=flags.keep_th,
+                keep_top=flags.keep_top,
             )
             target, clean, relabeled = result.target, result.clean, result.relabeled
         else:
