@@ -32,23 +32,24 @@ RECORDED_ROWS: tuple[str, ...] = ("ce", "vanilla", "mopro", "capro-random-anchor
 """The rows the ``quick`` and ``full`` sizes were recorded with (part of their size spec, hence of
 their result files' identity: kept as they were when rows are added)."""
 
-ROWS: tuple[str, ...] = (*RECORDED_ROWS[:8], "capro-ft-paper-keep", *RECORDED_ROWS[8:])
+ROWS: tuple[str, ...] = (*RECORDED_ROWS[:8], "capro-ft-s2last", *RECORDED_ROWS[8:])
 """The quality rows, in table order (benchmark.md); ``oracle`` (CE on the truly clean rows only,
-from ``truth.jsonl``) is the ceiling, not a competitor. ``capro-ft-paper-keep`` is ``capro-ft``
-with the paper's keep rule (s[y] >= 1/C) where the ``cpu`` preset's default differs."""
+from ``truth.jsonl``) is the ceiling, not a competitor. ``capro-ft-s2last`` cleans offline and
+fine-tunes from stage 2's last epoch (``clean.stage2_checkpoint=kept`` under ``train.keep=last``),
+``capro-ft``'s rule until D12 made it stage 2's best-validation epoch."""
 
 DERIVED_ROWS: dict[str, str] = {"ce-best": "ce"}
 """Rows read off another row's run: ``ce-best`` is ``ce`` at its best-validation epoch."""
 
-RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "capro-ft-s2best", "oracle", "cleanlab",
-                              "capro-ft-paper-keep", "vanilla", "capro-no-enhance", "capro-random-anchors",
-                              "mopro")
+RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "capro-ft-s2best", "capro-ft-s2last", "oracle",
+                              "cleanlab", "vanilla", "capro-no-enhance", "capro-random-anchors", "mopro")
 """The order rows are run in: the headline comparison first; ``capro`` before the three rows
 that reuse its finished steps."""
 
 SHARED_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "capro-ft": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
     "capro-ft-s2best": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
+    "capro-ft-s2last": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
     "capro-no-enhance": ("capro", ("text", "stage1", "features", "graph")),
     "capro-random-anchors": ("capro", ("text", "stage1", "features", "graph")),
 }
@@ -98,10 +99,14 @@ class Size:
 PAPER_W_INST = ("stage1.w_inst=1", "stage2.w_inst=1")
 
 
-# The paper's keep rule (keep a sample with its own label when s[y] >= 1/C), the ``cpu`` preset's
-# until the long regime chose a stricter one (README D12); pinned for the sizes whose tables were
-# recorded with it, so that their commands still reproduce them.
-PAPER_KEEP = ("method.keep_th=null",)
+# The paper's keep rule (keep a sample with its own label when s[y] >= 1/C, ``method.keep_th``
+# None, ``method.keep_top`` 0): what the method variants compare against, whatever the default.
+PAPER_KEEP = ("method.keep_th=null", "method.keep_top=0")
+
+
+# Offline cleaning from what stage 2 handed on, the default until D12 made it stage 2's
+# best-validation epoch; pinned for the sizes whose tables were recorded with it.
+RECORDED_CLEAN = ("clean.stage2_checkpoint=kept",)
 
 
 # The recorded tables used the torch kNN backend, the ``cpu`` preset's choice then; pinned so that
@@ -154,7 +159,7 @@ def common_overrides(size: Size, seed: int) -> list[str]:
             *RECORDED_BACKEND,
             *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)),
             *(PAPER_W_INST if size.paper_w_inst else ()),
-            *(PAPER_KEEP if size.name in ("quick", "full") else ()), *size.overrides]
+            *(RECORDED_CLEAN if size.name in ("quick", "full") else ()), *size.overrides]
 
 
 def row_specific_overrides(row: str, size: Size) -> list[str]:
@@ -172,8 +177,8 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
         "capro-ft": _two_stage(size, finetune=True),
         # offline cleaning and the fine-tune from stage 2's best-validation epoch
         "capro-ft-s2best": [*_two_stage(size, finetune=True), "clean.stage2_checkpoint=best"],
-        # the paper's keep rule, s[y] >= 1/C, online and offline
-        "capro-ft-paper-keep": [*_two_stage(size, finetune=True), *PAPER_KEEP],
+        # offline cleaning and the fine-tune from what stage 2 handed on (its last epoch here)
+        "capro-ft-s2last": [*_two_stage(size, finetune=True), "clean.stage2_checkpoint=kept"],
     }
     if row not in table:
         raise KeyError(f"unknown row {row!r}; choose from {', '.join(ROWS)}")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     PAPER_KEEP,
+    RECORDED_CLEAN,
     RESULTS,
     SIZES,
     machine_info,
@@ -44,9 +45,11 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "alpha025": ("method.alpha=0.25",),
     "keep05-s2best": ("method.keep_th=0.5", "clean.stage2_checkpoint=best"),
 }
-"""Variant -> overrides over ``capro-ft`` (``long`` size) with the paper's keep rule
-(``common.PAPER_KEEP``), whatever the ``cpu`` preset's keep rule is: ``default`` stays the paper's
-method."""
+"""Variant -> overrides over ``capro-ft`` (``long`` size) with the rules the variants were first
+measured against (``BASE``), whatever the defaults are now: ``default`` stays that method."""
+
+BASE = (*PAPER_KEEP, *RECORDED_CLEAN)
+"""The paper's keep rule, and offline cleaning from what stage 2 hands on (its last epoch here)."""
 
 OFFLINE_ONLY = ("clean.",)
 """Override prefixes that leave stages 1 and 2 as they are: a variant reuses stages 1 and 2 of
@@ -59,7 +62,7 @@ def run_variant(name: str, profile: str, seed: int, work: Path) -> dict[str, Any
     size = SIZES["long"]
     data = ensure_data(work, size, profile, seed)
     run_dir = work / "variants" / profile / f"seed{seed}" / name
-    overrides = [*row_overrides("capro-ft", size, seed), *PAPER_KEEP, *VARIANTS[name]]
+    overrides = [*row_overrides("capro-ft", size, seed), *BASE, *VARIANTS[name]]
     upstream = tuple(o for o in VARIANTS[name] if not o.startswith(OFFLINE_ONLY))
     donors = [v for v, o in VARIANTS.items() if o == upstream and v != name]
     donor = work / "variants" / profile / f"seed{seed}" / (donors[0] if donors else name)

@@ -209,10 +209,10 @@ class CleanConfig:
     """None = use ``method.pseudo_th``."""
     protect_anchors: bool = False
     """The released single-label analysis does not protect anchors offline (§3.8)."""
-    stage2_checkpoint: str = "kept"
-    """Which stage-2 weights clean offline and start stage 3b: ``kept`` (what stage 2 hands on,
-    see ``train.keep``) or ``best`` (its best-validation epoch, ``RUN/stage2/best.pt``, whatever
-    ``train.keep`` says)."""
+    stage2_checkpoint: str = "best"
+    """Which stage-2 weights clean offline and start stage 3b: ``best`` (its best-validation epoch,
+    ``RUN/stage2/best.pt``, whatever ``train.keep`` says; what stage 2 handed on when no
+    validation split was scored; D12) or ``kept`` (what stage 2 hands on, see ``train.keep``)."""
 
 
 @dataclass

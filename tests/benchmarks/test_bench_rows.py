@@ -43,8 +43,12 @@ def test_rows_differ_only_where_benchmark_md_says():
     assert cfg["ce"].method.bootstrap == "none"
     assert cfg["ce"].stage1.w_inst == 0 and cfg["ce"].stage1.w_recn == 0
     assert cfg["cleanlab"] == cfg["ce"] == cfg["oracle"]
+    # the full tables were recorded when offline cleaning started from what stage 2 handed on
     assert cfg["capro-ft-s2best"].clean.stage2_checkpoint == "best"
     assert cfg["capro-ft"].clean.stage2_checkpoint == "kept"
+    long = {row: bc.row_config(row, bc.SIZES["long"], seed=0) for row in bc.ROWS}
+    assert long["capro-ft"].clean.stage2_checkpoint == "best"  # D12
+    assert long["capro-ft-s2last"].clean.stage2_checkpoint == "kept" and long["capro-ft"].train.keep == "last"
     assert cfg["vanilla"].method.bootstrap == "collective" and cfg["vanilla"].stage2.epochs == 0
     assert cfg["mopro"].method.prototypes == "all"
     assert cfg["capro-random-anchors"].match.anchors == "random"
@@ -188,15 +192,15 @@ def test_ce_best_row_is_derived_from_ce_and_the_gap_share():
     assert bc.gap_closed(agg, "cleanlab") is None
 
 
-def test_recorded_sizes_keep_their_rows_and_pin_the_paper_keep_rule():
-    # the quick and full tables were recorded with these rows and the paper's keep rule
+def test_recorded_sizes_keep_their_rows_and_the_recorded_cleaning_checkpoint():
+    # the quick and full tables were recorded with these rows, cleaning from what stage 2 handed on
     assert bc.SIZES["full"].rows == bc.RECORDED_ROWS[:-1] and bc.SIZES["quick"].rows == bc.RECORDED_ROWS
     for name in ("quick", "full"):
         for row in bc.RECORDED_ROWS:
             cfg = bc.row_config(row, bc.SIZES[name], 0)
-            assert (cfg.method.keep_th, cfg.method.keep_top) == (None, 0)
-    paper = bc.row_config("capro-ft-paper-keep", bc.SIZES["long"], 0)
+            expected = "best" if row == "capro-ft-s2best" else "kept"
+            assert (cfg.method.keep_th, cfg.method.keep_top, cfg.clean.stage2_checkpoint) == (None, 0, expected)
+    last = bc.row_config("capro-ft-s2last", bc.SIZES["long"], 0)
     ft = bc.row_config("capro-ft", bc.SIZES["long"], 0)
-    assert (paper.method.keep_th, paper.method.keep_top) == (None, 0)
-    assert paper.stage1 == ft.stage1 and paper.stage2 == ft.stage2 and paper.stage3 == ft.stage3
-    assert "capro-ft-paper-keep" in bc.ROWS and "capro-ft-paper-keep" in bc.RUN_ORDER
+    assert last.stage1 == ft.stage1 and last.stage2 == ft.stage2 and last.stage3 == ft.stage3
+    assert "capro-ft-s2last" in bc.ROWS and "capro-ft-s2last" in bc.RUN_ORDER

@@ -29,6 +29,11 @@ def test_full_demo_is_the_long_regime():
     assert (cfg.stage1.epochs, cfg.stage2.epochs, cfg.stage3.epochs) == (10, 110, 2)
     assert cfg.train.keep == "best" and cfg.train.curve_splits == ["test"]
     assert demo["data"]["train_size"] == 2000 and cfg.data.image_size == 16
+    # mosaics need the pixels: the multi-label and open-set scenarios keep 32 px and the preset's epochs
+    scenario = demo_cli.DEMOS["scenario"]
+    cfg = load_config(preset=scenario["preset"], overrides=scenario["overrides"])
+    assert scenario["data"]["image_size"] == cfg.data.image_size == 32
+    assert cfg.stage2.epochs == load_config(preset="cpu").stage2.epochs
 
 
 def test_best_val_reading_takes_the_first_best_validation_epoch():

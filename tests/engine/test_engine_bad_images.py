@@ -224,8 +224,10 @@ def test_record_restores_the_rows_before_the_resume_point(tmp_path):
 # ---------------------------------------------------------------- a real run
 RUN_OVERRIDES = ["model.backbone=simple_cnn", "data.check_images=false", "stage1.epochs=1",
                  "stage2.epochs=2", "stage2.frozen_encoder_epoch=0", "stage2.init_proto_epoch=0",
-                 "stage2.start_clean_epoch=0", "stage3.epochs=1", "train.keep=last"]
-"""``train.keep=last``: the checks below read stage 2's online-cleaning state of its last epoch."""
+                 "stage2.start_clean_epoch=0", "stage3.epochs=1", "train.keep=last",
+                 "clean.stage2_checkpoint=kept"]
+"""``train.keep=last`` and ``clean.stage2_checkpoint=kept``: the checks below read stage 2's
+online-cleaning state of its last epoch, and offline cleaning starts from that epoch."""
 
 
 def test_run_skips_images_broken_after_validation_and_records_them(tiny_web_data, tmp_path, capsys):

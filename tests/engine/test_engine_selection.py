@@ -119,13 +119,15 @@ def test_later_keys_at_their_default_leave_fingerprints_unchanged(tiny_web_data,
     base = runner._fingerprints(load_config(preset="tiny"), tiny_web_data, 200)
     assert "keep_th" not in seen[0]["base"]["method"]  # a run made before the key existed matches
     assert "keep_top" not in seen[0]["base"]["method"]
-    assert "stage2_checkpoint" not in seen[4]["clean"]
+    assert seen[4]["clean"]["stage2_checkpoint"] == "best"  # the default since D12
     strict = runner._fingerprints(load_config(preset="tiny", overrides=["method.keep_th=0.5"]),
                                   tiny_web_data, 200)
     assert all(strict[k] != base[k] for k in base)  # the method changes every step
     agree = runner._fingerprints(load_config(preset="tiny", overrides=["method.keep_top=1"]),
                                  tiny_web_data, 200)
     assert all(agree[k] != base[k] for k in base)
-    best = runner._fingerprints(load_config(preset="tiny", overrides=["clean.stage2_checkpoint=best"]),
+    seen.clear()
+    kept = runner._fingerprints(load_config(preset="tiny", overrides=["clean.stage2_checkpoint=kept"]),
                                 tiny_web_data, 200)
-    assert [k for k in base if best[k] != base[k]] == ["stage3a", "stage3b"]
+    assert "stage2_checkpoint" not in seen[4]["clean"]  # a run made before the key existed matches
+    assert [k for k in base if kept[k] != base[k]] == ["stage3a", "stage3b"]

@@ -305,14 +305,12 @@ def _offline_clean(p: _Pipeline, model: CAPro, domain, text_distance) -> Offline
 
 
 def _load_best(p: _Pipeline, stage: str, model: CAPro) -> None:
-    """Put ``stage``'s best-validation weights into ``model`` (no-op without ``best.pt``)."""
+    """Put ``stage``'s best-validation weights into ``model`` (no-op without ``best.pt``, when no
+    validation split was scored: the weights the stage handed on stay)."""
     path = p.dir(stage) / "best.pt"
     if path.is_file():
         load_weights(model, load_checkpoint(path)["model"])
         model.to(p.ctx.dist.device)
-    elif p.ctx.is_main:
-        warnings.warn(f"clean.stage2_checkpoint=best, but {path} does not exist (no validation "
-                      "split was scored); cleaning with the weights stage 2 handed on", stacklevel=2)
 
 
 def _truth_arrays(ctx: RunContext, truth: dict[str, dict]) -> np.ndarray | None:
