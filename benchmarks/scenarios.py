@@ -103,14 +103,25 @@ def _map_curves(run: Path) -> dict:
     return out
 
 
-def multilabel(work: Path, *, long: bool = False) -> dict:
+def _seconds(metrics: dict) -> float:
+    """Training and evaluation seconds of a run, from its ``metrics.json`` (resumes included)."""
+    return round(sum(float(s.get("seconds", 0.0)) for s in metrics.get("stages", {}).values()), 1)
+
+
+def multilabel(work: Path, *, long: bool = False, part: str | None = None) -> dict:
+    """CAPro vs BCE on the mosaics; ``part`` ``capro`` or ``bce`` trains only that model (two
+    processes can share the work) and writes nothing; a call without ``part`` reuses both."""
     data = _data(work, "ml", multilabel=True)
     regime = LONG if long else ()
     capro_ov = [*MULTILABEL_OVERRIDES, *regime]
     bce_ov = [*_baseline(regime), *(LONG_TRAIN if long else ())]
     tag = "ml_long" if long else "ml"
-    capro, t_capro = _run(data, work / f"{tag}_capro", capro_ov)
-    bce, t_bce = _run(data, work / f"{tag}_bce", bce_ov)
+    if part is not None:
+        _run(data, work / f"{tag}_{part}", capro_ov if part == "capro" else bce_ov)
+        return {}
+    capro, _ = _run(data, work / f"{tag}_capro", capro_ov)
+    bce, _ = _run(data, work / f"{tag}_bce", bce_ov)
+    t_capro, t_bce = _seconds(capro), _seconds(bce)
     split = next(iter(capro["eval"]))
     out = {
         "scenario": "multilabel_long" if long else "multilabel",
@@ -152,6 +163,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="directory for the datasets and runs")
     ap.add_argument("--only", choices=("multilabel", "openset"))
     ap.add_argument("--long", action="store_true", help="multi-label in the long-training regime")
+    ap.add_argument("--part", choices=("capro", "bce"),
+                    help="multi-label: train only this model (run both parts, then once without)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
@@ -160,7 +173,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.only != "openset":
-        print(multilabel(args.work, long=args.long))
+        print(multilabel(args.work, long=args.long, part=args.part))
     if args.only != "multilabel":
         print(openset(args.work))
 
