@@ -93,14 +93,15 @@ def _pct(v: float | None) -> str:
 
 
 def variants_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: validation top-1 per variant (columns: profile and seed), then each profile's
-    mean over the seeds where every listed variant ran; noise P / R and noisy rows fitted per run."""
+    """Markdown: validation top-1 per variant (columns: profile and seed; noise P / R and noisy rows
+    fitted per run), then per profile the mean change against ``default`` over the seeds where
+    both ran."""
     cols = sorted({(r["profile"], r["seed"]) for r in rows})
     names = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     by = {(r["variant"], r["profile"], r["seed"]): r for r in rows}
     profiles = sorted({p for p, _ in cols})
     head = ("| variant | overrides | " + " | ".join(f"{p} {s}" for p, s in cols) + " | "
-            + " | ".join(f"{p} mean" for p in profiles) + " |")
+            + " | ".join(f"{p}: Δ vs default (seeds)" for p in profiles) + " |")
     lines = [head, "|" + "---|" * (2 + len(cols) + len(profiles))]
     for v in names:
         cells = []
@@ -112,8 +113,9 @@ def variants_table(rows: list[dict[str, Any]]) -> str:
                          f"fit {_pct(r['val'].get('noisy_fit'))})")
         for p in profiles:
             seeds = [s for q, s in cols if q == p]
-            vals = [by[(v, p, s)]["val"]["top1"] for s in seeds if (v, p, s) in by]
-            cells.append(f"{100 * sum(vals) / len(vals):.1f} ({len(vals)})" if vals else "–")
+            diffs = [by[(v, p, s)]["val"]["top1"] - by[("default", p, s)]["val"]["top1"]
+                     for s in seeds if (v, p, s) in by and ("default", p, s) in by]
+            cells.append(f"{100 * sum(diffs) / len(diffs):+.1f} ({len(diffs)})" if diffs else "–")
         over = " ".join(f"`{o}`" for o in VARIANTS[v]) or "(the paper's rules)"
         lines.append(f"| `{v}` | {over} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
