@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "keep03": ("method.keep_th=0.3",),
     "top1": ("method.keep_top=1",),
     "norelabel": ("method.pseudo_th=1.0",),
+    "softmax": ("match.score=softmax",),
+    "softmax-s2best": ("match.score=softmax", "clean.stage2_checkpoint=best"),
     "alpha025": ("method.alpha=0.25",),
     "keep05-s2best": ("method.keep_th=0.5", "clean.stage2_checkpoint=best"),
 }

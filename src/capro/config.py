@@ -90,6 +90,13 @@ class MatchConfig:
     """``text`` (top-K by text match) or ``random`` (the random-anchor ablation)."""
     negative_anchors: bool = True
     """Multi-label only: also protect the K farthest samples per class as negative anchors."""
+    score: str = "distance"
+    """How samples are ranked for anchors: ``distance`` (the paper: distance of the text to its
+    web label's prototype) or ``softmax`` (the softmax of the text's cosines to the prototypes at
+    its web label, over that label and the classes it does not carry: margin-aware, so a text that
+    fits two classes ranks low)."""
+    temperature: float = 0.05
+    """Temperature of ``match.score=softmax``."""
 
 
 @dataclass
@@ -457,7 +464,7 @@ _CHOICES = {
     "text.concept_source": ("wordnet", "definition", "both"),
     "graph.backend": ("auto", "torch", "faiss"),
     "graph.edge_weight": ("similarity", "distance"),
-    "match.method": ("rerank", "cosine"),
+    "match.method": ("rerank", "cosine"), "match.score": ("distance", "softmax"),
     "match.anchors": ("text", "random"),
     "model.key_head": ("momentum", "shared"),
     "method.bootstrap": ("none", "collective", "self", "label_smoothing", "ncr"),
@@ -504,7 +511,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "text.batch_size": _at_least(1), "text.chunk_size": _at_least(1), "text.max_chars": _at_least(0),
     "graph.k": _at_least(2), "graph.keep": _at_least(1), "graph.k1": _at_least(1), "graph.k2": _at_least(1),
     "graph.lam": _within(0, 1), "graph.chunk_size": _at_least(1),
-    "match.topk": _at_least(1),
+    "match.topk": _at_least(1), "match.temperature": _above(0),
     "model.low_dim": _at_least(1), "model.queue": _at_least(1), "model.moco_m": _within(0, 1),
     "model.proto_m": _within(0, 1), "model.temperature": _above(0),
     "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),

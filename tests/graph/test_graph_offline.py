@@ -11,7 +11,7 @@ from capro.data.layout import ClassInfo, Record, Split
 from capro.errors import DataError
 from capro.graph.enhance import enhance_text
 from capro.graph.knn import TorchKnn, normalize_rows
-from capro.graph.match import select_anchors, text_distances
+from capro.graph.match import prototype_softmax, select_anchors, text_distances
 from capro.graph.offline import build_anchors, load_anchor_result
 from capro.graph.rerank import rerank_knn
 from capro.utils.io import read_jsonl
@@ -61,7 +61,12 @@ def test_build_anchors_composes_the_steps(tmp_path, web):
     assert (web["labels"][anchor] == web["true"][anchor]).mean() > (web["labels"] == web["true"]).mean() + 0.1
 
     rows = read_jsonl(tmp_path / "match/anchors.jsonl")
-    assert len(rows) == 80 and set(rows[0]) == {"id", "class", "rank", "distance"}
+    assert len(rows) == 80 and set(rows[0]) == {"id", "class", "rank", "distance", "margin", "next_class"}
+    for r in rows[:5]:  # margin: own cosine minus the best other class's, by hand
+        i, c = int(r["id"][1:]), int(r["class"][5:])
+        others = [res.text_cosine[i, k] for k in range(C) if k != c]
+        assert r["margin"] == pytest.approx(res.text_cosine[i, c] - max(others), abs=1e-5)
+        assert r["next_class"] == f"class{[k for k in range(C) if k != c][int(np.argmax(others))]}"
     first = [r for r in rows if r["class"] == "class0"]
     assert [r["rank"] for r in first] == list(range(1, 21))
     assert all(a["distance"] <= b["distance"] for a, b in zip(first, first[1:]))
@@ -161,3 +166,18 @@ def test_cli_steps_and_cleanlab_export(tmp_path, web, capsys):
     assert main(["graph", str(tmp_path / "nowhere"), "knn", *common]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stage1.npy: missing stage-1 features" in err[0]
+
+
+def test_softmax_anchor_score_ranks_by_the_margin_to_other_prototypes(tmp_path, web):
+    cfg = _cfg("match.score=softmax", "match.temperature=0.1")
+    res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
+    p = prototype_softmax(res.text_cosine, web["labels"], temperature=0.1)
+    np.testing.assert_array_equal(res.domain, select_anchors(1.0 - p, web["labels"], num_classes=C, topk=20))
+    rows = read_jsonl(tmp_path / "match/anchors.jsonl")
+    first = [r for r in rows if r["class"] == "class0"]
+    assert all(a["score"] >= b["score"] for a, b in zip(first, first[1:]))
+    assert first[0]["score"] == pytest.approx(float(p[int(first[0]["id"][1:])]), abs=1e-5)
+    # the distance ranking (the paper's) is another step: it reruns, and gives the first anchors
+    paper = build_anchors(_cfg(), web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
+    np.testing.assert_array_equal(paper.domain, select_anchors(paper.text_distance, web["labels"],
+                                                               num_classes=C, topk=20))

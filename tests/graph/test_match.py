@@ -4,6 +4,8 @@ from rerank_reference import re_ranking_loop
 
 from capro.graph.knn import normalize_rows
 from capro.graph.match import (
+    anchor_ranking,
+    prototype_softmax,
     select_anchors,
     select_anchors_multilabel,
     text_cosine,
@@ -98,3 +100,35 @@ def test_bad_mode_names():
         text_distances(np.ones((2, 2)), np.ones((1, 2)), np.zeros(2, int), method="bm25")
     with pytest.raises(ValueError, match="anchor mode"):
         select_anchors(np.zeros(2), np.zeros(2, int), num_classes=1, topk=1, mode="all")
+
+
+def test_prototype_softmax_by_hand():
+    cos = np.array([[0.9, 0.8, 0.1],    # fits class 0 and class 1 about as well
+                    [0.9, 0.1, 0.1],    # fits only class 0
+                    [0.2, 0.5, 0.4]])
+    t = 0.1
+    e = np.exp(cos / t)
+    single = prototype_softmax(cos, np.array([0, 0, 2]), temperature=t)
+    np.testing.assert_allclose(single, [e[0, 0] / e[0].sum(), e[1, 0] / e[1].sum(), e[2, 2] / e[2].sum()],
+                               rtol=1e-6)
+    assert single[1] > 0.99 and single[0] < 0.75  # the two-class text ranks below the clear one
+    # multi-label: the other web labels leave the denominator
+    web = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1]], dtype=bool)
+    multi = prototype_softmax(cos, web, temperature=t)
+    np.testing.assert_allclose(multi[0, 0], e[0, 0] / (e[0, 0] + e[0, 2]), rtol=1e-6)
+    np.testing.assert_allclose(multi[2, 1], e[2, 1] / (e[2, 1] + e[2, 0]), rtol=1e-6)
+    assert np.isnan(multi[0, 2]) and np.isnan(multi[1, 1])
+    assert np.isnan(prototype_softmax(cos, np.array([0, 5, 1]), temperature=t)[1])
+
+
+def test_anchor_ranking_keeps_the_paper_distance_and_ranks_softmax_ascending():
+    cos = np.array([[0.9, 0.8], [0.9, 0.1]])
+    dist = np.array([0.1, 0.3], dtype=np.float32)
+    labels = np.array([0, 0])
+    np.testing.assert_array_equal(anchor_ranking(dist, cos, labels), dist)
+    key = anchor_ranking(dist, cos, labels, score="softmax", temperature=0.1)
+    assert key[1] < key[0]  # the clear text first, though it is farther from the prototype
+    domain = select_anchors(key, labels, num_classes=2, topk=1)
+    assert domain.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="anchor score"):
+        anchor_ranking(dist, cos, labels, score="margin")

@@ -62,7 +62,8 @@ MODEL_FILE = "model.pt"
 
 
 LATER_KEYS: dict[str, dict[str, Any]] = {"method": {"keep_th": None, "keep_top": 0},
-                                         "clean": {"stage2_checkpoint": "kept"}}
+                                         "clean": {"stage2_checkpoint": "kept"},
+                                         "match": {"score": "distance", "temperature": 0.05}}
 """Config keys added after runs were fingerprinted without them, with their default: at that
 default they stay out of the fingerprint, so runs made before the key existed still count as
 finished (and resume) under the newer code."""

@@ -22,6 +22,7 @@ from capro.graph.rerank import re_ranking
 
 METHODS = ("rerank", "cosine")
 ANCHOR_MODES = ("text", "random")
+SCORES = ("distance", "softmax")
 
 
 def text_cosine(text: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
@@ -78,6 +79,57 @@ def text_distances(text: np.ndarray, prototypes: np.ndarray, labels: np.ndarray,
         else:
             out[members, c] = dist
     return out
+
+
+def prototype_softmax(cos: np.ndarray, labels: np.ndarray, *, temperature: float = 0.05) -> np.ndarray:
+    """How much closer each text is to its web label's prototype than to the others.
+
+    For sample i and each of its web labels c: ``exp(cos_ic / T) / (exp(cos_ic / T) +
+    sum_{c' not a web label of i} exp(cos_ic' / T))`` — for single-label data the softmax over
+    the prototypes at c. A text that fits another class's prototype as well as its own scores
+    about 1/2 or less, however close it is to its own.
+
+    Args:
+        cos: [N, C] cosine of each (enhanced) text to each textual prototype.
+        labels: [N] int web labels, or [N, C] bool multi-hot web labels.
+        temperature: T > 0.
+
+    Returns:
+        [N] float32 (single-label; nan for a label outside 0..C-1) or [N, C] float32 with nan
+        where c is not a web label of the sample.
+    """
+    cos = np.asarray(cos, dtype=np.float64)
+    labels = np.asarray(labels)
+    n, num_classes = cos.shape
+    if labels.ndim == 1:
+        valid = (labels >= 0) & (labels < num_classes)
+        web = np.zeros((n, num_classes), dtype=bool)
+        web[np.flatnonzero(valid), labels[valid]] = True
+    else:
+        web = labels.astype(bool)
+    z = cos / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    others = np.where(web, 0.0, z).sum(axis=1, keepdims=True)
+    out = np.where(web, z / (z + others), np.nan).astype(np.float32)
+    if labels.ndim == 1:
+        single = np.full(n, np.nan, dtype=np.float32)
+        single[valid] = out[np.flatnonzero(valid), labels[valid]]
+        return single
+    return out
+
+
+def anchor_ranking(distance: np.ndarray, cos: np.ndarray, labels: np.ndarray, *,
+                   score: str = "distance", temperature: float = 0.05) -> np.ndarray:
+    """The key anchors are ranked by, ascending, with the shape of ``distance``.
+
+    ``distance``: the paper's ranking, the text distance to the web label's prototype.
+    ``softmax``: ``1 - prototype_softmax(cos, labels)``, the margin-aware ranking.
+    """
+    if score not in SCORES:
+        raise ValueError(f"anchor score {score!r}; choose from {', '.join(SCORES)}")
+    if score == "distance":
+        return np.asarray(distance, dtype=np.float32)
+    return (1.0 - prototype_softmax(cos, labels, temperature=temperature)).astype(np.float32)
 
 
 def _warn_small(small: list[tuple[int, int]], topk: int, class_names: list[str] | None) -> None:

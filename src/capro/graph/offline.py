@@ -36,6 +36,7 @@ from capro.errors import DataError
 from capro.graph.enhance import enhance_text
 from capro.graph.knn import create_knn_backend, normalize_rows
 from capro.graph.match import (
+    anchor_ranking,
     select_anchors,
     select_anchors_multilabel,
     text_cosine,
@@ -236,20 +237,26 @@ def build_anchors(cfg: Config, split: Split, features: np.ndarray, text_emb: np.
     out, up = match_texts(cfg, split, features, text_emb, prototypes, run_dir)
     m = cfg.match
     multi = _multi_label(cfg, split)
-    fp = fingerprint({"step": "anchors", "up": up, "topk": m.topk, "anchors": m.anchors,
-                      "negative": m.negative_anchors, "seed": seed, "multi": multi})
+    params = {"step": "anchors", "up": up, "topk": m.topk, "anchors": m.anchors,
+              "negative": m.negative_anchors, "seed": seed, "multi": multi}
+    if m.score != "distance":  # the paper's ranking keeps the fingerprint it had before the key
+        params.update(score=m.score, temperature=m.temperature)
+    fp = fingerprint(params)
     names = [c.name for c in split.classes] or [str(c) for c in range(prototypes.shape[0])]
     labels = web_labels(split, len(names), multi)
 
     def compute() -> dict[str, np.ndarray]:
         dist = out["text_distance"]
+        key = anchor_ranking(dist, out["text_cosine"], labels, score=m.score, temperature=m.temperature)
         if multi:
-            domain = select_anchors_multilabel(dist, labels, topk=m.topk, negative=m.negative_anchors,
+            domain = select_anchors_multilabel(key, labels, topk=m.topk, negative=m.negative_anchors,
                                                mode=m.anchors, seed=seed, class_names=names)
         else:
-            domain = select_anchors(dist, labels, num_classes=len(names), topk=m.topk, mode=m.anchors,
+            domain = select_anchors(key, labels, num_classes=len(names), topk=m.topk, mode=m.anchors,
                                     seed=seed, class_names=names)
-        write_jsonl(match_dir(run_dir) / "anchors.jsonl", anchor_rows(split, domain, dist, labels, names))
+        write_jsonl(match_dir(run_dir) / "anchors.jsonl",
+                    anchor_rows(split, domain, dist, labels, names, cos=out["text_cosine"],
+                                key=None if m.score == "distance" else key))
         return {"domain": domain}
 
     res = _cached(match_dir(run_dir), "anchors", fp, ("domain",), compute,
@@ -296,21 +303,38 @@ def score_rows(split: Split, labels: np.ndarray, dist: np.ndarray, cos: np.ndarr
 
 
 def anchor_rows(split: Split, domain: np.ndarray, dist: np.ndarray, labels: np.ndarray,
-                names: list[str]):
-    """One row per anchor, class by class; ``rank`` 1 = closest (positives) or farthest (negatives)."""
+                names: list[str], *, cos: np.ndarray | None = None, key: np.ndarray | None = None):
+    """One row per anchor, class by class; ``rank`` 1 = first chosen (positives: the lowest
+    ranking key) or farthest (negatives). ``key``: the ranking key when it is not the distance
+    (``match.score=softmax``: the row's ``score`` is 1 - key). With ``cos`` [N, C] each row also
+    carries ``margin``, its text's cosine to the class's prototype minus the best cosine to a
+    class it does not carry, and ``next_class``, that class: a small or negative margin marks a
+    text that fits another class as well."""
     ids = [r.id for r in split.records]
     multi = domain.ndim == 2
+    web = labels.astype(bool) if multi else None
     for c, name in enumerate(names):
         if multi:
             col_domain, col_dist = domain[:, c], dist[:, c]
+            col_key = col_dist if key is None else key[:, c]
         else:
             col_domain, col_dist = np.where(labels == c, domain, 0), dist
+            col_key = col_dist if key is None else key
         for polarity, sign in (("positive", 1), ("negative", -1)):
             members = np.flatnonzero(col_domain == sign)
-            d = col_dist[members]
-            order = np.argsort(d if sign > 0 else -d, kind="stable")
+            k = col_key[members]
+            order = np.argsort(k if sign > 0 else -k, kind="stable")
             for rank, j in enumerate(order, start=1):
-                row = {"id": ids[members[j]], "class": name, "rank": rank, "distance": _num(d[j])}
+                i = members[j]
+                row = {"id": ids[i], "class": name, "rank": rank, "distance": _num(col_dist[i])}
+                if key is not None:
+                    row["score"] = _num(1.0 - k[j])
+                if cos is not None:
+                    other = cos[i].astype(np.float64)
+                    other[web[i] if multi else c] = -np.inf
+                    if np.isfinite(other).any():
+                        nxt = int(np.argmax(other))
+                        row.update(margin=_num(cos[i, c] - other[nxt]), next_class=names[nxt])
                 if multi:
                     row["polarity"] = polarity
                 yield row
