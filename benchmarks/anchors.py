@@ -6,9 +6,10 @@
 
 Simulates ``--train-size`` images (default 20,000), trains capro's stage 1 briefly (simple CNN,
 16 px, 5 epochs; its features build the visual graph), runs the text pipeline and picks anchors,
-then re-matches the same texts and graph four ways: re-ranked distance over the *enhanced* texts
+then re-matches the same texts and graph six ways: re-ranked distance over the *enhanced* texts
 (the default), re-ranked distance over the raw texts (``graph.enhance=false``), plain cosine over
-the raw texts, and random anchors. Scored against the simulator's ``truth.jsonl``: the precision
+the raw texts, random anchors, and the margin-aware ranking (``match.score=softmax``) over the
+enhanced and the raw texts. Scored against the simulator's ``truth.jsonl``: the precision
 of the K = 50 anchors per class (true class == web label), the share of anchors whose own text is
 missing, and precision@K of the per-sample text distance within each web label for larger K.
 Writes ``benchmarks/results/anchors_<profile>.json``.
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from capro.graph.match import anchor_ranking
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS: dict[str, list[str]] = {
@@ -33,6 +36,8 @@ VARIANTS: dict[str, list[str]] = {
     "plain": ["graph.enhance=false"],
     "cosine_plain": ["match.method=cosine", "graph.enhance=false"],
     "random": ["match.anchors=random"],
+    "softmax": ["match.score=softmax"],
+    "softmax_plain": ["match.score=softmax", "graph.enhance=false"],
 }
 """Variant -> overrides of ``capro graph RUN match`` (the run itself is ``enhanced``)."""
 TOP_K = (50, 100, 200, 400, 800)
@@ -103,6 +108,9 @@ def analyse(work: Path, profile: str, seed: int) -> dict:
                "missing_text_share": float(np.mean(missing[at]))}
         if name != "random":
             distance = np.load(match / "text_distance.npy")
+            if "match.score=softmax" in VARIANTS[name]:  # ranked by the margin-aware key instead
+                cos = np.load(match / "text_cosine.npy")
+                distance = anchor_ranking(distance, cos, web, score="softmax")
             res.update({f"p@{k}": precision_at_k(distance, web, true, k) for k in TOP_K})
         out["variants"][name] = res
     return out
