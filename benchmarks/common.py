@@ -32,17 +32,21 @@ RECORDED_ROWS: tuple[str, ...] = ("ce", "vanilla", "mopro", "capro-random-anchor
 """The rows the ``quick`` and ``full`` sizes were recorded with (part of their size spec, hence of
 their result files' identity: kept as they were when rows are added)."""
 
-ROWS: tuple[str, ...] = (*RECORDED_ROWS[:8], "capro-ft-s2last", *RECORDED_ROWS[8:])
+ROWS: tuple[str, ...] = (*RECORDED_ROWS[:8], "capro-ft-s2last", "capro-distance", "capro-ft-distance",
+                         *RECORDED_ROWS[8:])
 """The quality rows, in table order (benchmark.md); ``oracle`` (CE on the truly clean rows only,
 from ``truth.jsonl``) is the ceiling, not a competitor. ``capro-ft-s2last`` cleans offline and
 fine-tunes from stage 2's last epoch (``clean.stage2_checkpoint=kept`` under ``train.keep=last``),
-``capro-ft``'s rule until D12 made it stage 2's best-validation epoch."""
+``capro-ft``'s rule until D12 made it stage 2's best-validation epoch; ``capro-distance`` and
+``capro-ft-distance`` rank anchors by the paper's text distance (``match.score=distance``), the
+default until D13 made it the margin-aware softmax."""
 
 DERIVED_ROWS: dict[str, str] = {"ce-best": "ce"}
 """Rows read off another row's run: ``ce-best`` is ``ce`` at its best-validation epoch."""
 
 RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "capro-ft-s2best", "capro-ft-s2last", "oracle",
-                              "cleanlab", "vanilla", "capro-no-enhance", "capro-random-anchors", "mopro")
+                              "capro-distance", "capro-ft-distance", "cleanlab", "vanilla", "capro-no-enhance",
+                              "capro-random-anchors", "mopro")
 """The order rows are run in: the headline comparison first; ``capro`` before the three rows
 that reuse its finished steps."""
 
@@ -50,6 +54,9 @@ SHARED_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "capro-ft": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
     "capro-ft-s2best": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
     "capro-ft-s2last": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
+    "capro-distance": ("capro", ("text", "stage1", "features", "graph", "match")),
+    "capro-ft-distance": ("capro-distance",
+                          ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
     "capro-no-enhance": ("capro", ("text", "stage1", "features", "graph")),
     "capro-random-anchors": ("capro", ("text", "stage1", "features", "graph")),
 }
@@ -105,8 +112,10 @@ PAPER_KEEP = ("method.keep_th=null", "method.keep_top=0")
 
 
 # Offline cleaning from what stage 2 handed on, the default until D12 made it stage 2's
-# best-validation epoch; pinned for the sizes whose tables were recorded with it.
+# best-validation epoch, and the paper's anchor ranking, the default until D13; pinned for the
+# sizes whose tables were recorded with them.
 RECORDED_CLEAN = ("clean.stage2_checkpoint=kept",)
+PAPER_MATCH = ("match.score=distance",)
 
 
 # The recorded tables used the torch kNN backend, the ``cpu`` preset's choice then; pinned so that
@@ -159,7 +168,7 @@ def common_overrides(size: Size, seed: int) -> list[str]:
             *RECORDED_BACKEND,
             *(f"stage{i}.batch_size={size.batch_size}" for i in (1, 2, 3)),
             *(PAPER_W_INST if size.paper_w_inst else ()),
-            *(RECORDED_CLEAN if size.name in ("quick", "full") else ()), *size.overrides]
+            *((*RECORDED_CLEAN, *PAPER_MATCH) if size.name in ("quick", "full") else ()), *size.overrides]
 
 
 def row_specific_overrides(row: str, size: Size) -> list[str]:
@@ -179,6 +188,9 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
         "capro-ft-s2best": [*_two_stage(size, finetune=True), "clean.stage2_checkpoint=best"],
         # offline cleaning and the fine-tune from what stage 2 handed on (its last epoch here)
         "capro-ft-s2last": [*_two_stage(size, finetune=True), "clean.stage2_checkpoint=kept"],
+        # the paper's anchor ranking (the text distance to the web label's prototype)
+        "capro-distance": [*_two_stage(size), *PAPER_MATCH],
+        "capro-ft-distance": [*_two_stage(size, finetune=True), *PAPER_MATCH],
     }
     if row not in table:
         raise KeyError(f"unknown row {row!r}; choose from {', '.join(ROWS)}")

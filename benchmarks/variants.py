@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     PAPER_KEEP,
+    PAPER_MATCH,
     RECORDED_CLEAN,
     RESULTS,
     SIZES,
@@ -50,8 +51,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 """Variant -> overrides over ``capro-ft`` (``long`` size) with the rules the variants were first
 measured against (``BASE``), whatever the defaults are now: ``default`` stays that method."""
 
-BASE = (*PAPER_KEEP, *RECORDED_CLEAN)
-"""The paper's keep rule, and offline cleaning from what stage 2 hands on (its last epoch here)."""
+BASE = (*PAPER_KEEP, *RECORDED_CLEAN, *PAPER_MATCH)
+"""The paper's keep rule and anchor ranking, and offline cleaning from what stage 2 hands on (its
+last epoch here)."""
 
 OFFLINE_ONLY = ("clean.",)
 """Override prefixes that leave stages 1 and 2 as they are: a variant reuses stages 1 and 2 of

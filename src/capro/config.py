@@ -90,11 +90,12 @@ class MatchConfig:
     """``text`` (top-K by text match) or ``random`` (the random-anchor ablation)."""
     negative_anchors: bool = True
     """Multi-label only: also protect the K farthest samples per class as negative anchors."""
-    score: str = "distance"
-    """How samples are ranked for anchors: ``distance`` (the paper: distance of the text to its
-    web label's prototype) or ``softmax`` (the softmax of the text's cosines to the prototypes at
-    its web label, over that label and the classes it does not carry: margin-aware, so a text that
-    fits two classes ranks low)."""
+    score: str = "softmax"
+    """How samples are ranked for anchors: ``softmax`` (D13: the softmax of the text's cosines to
+    the prototypes at its web label, over that label and the classes it does not carry;
+    margin-aware, so a text that fits two classes ranks low) or ``distance`` (the paper: the
+    distance of the text to its web label's prototype; the ``nuswide`` preset and multi-label
+    demos keep it, the margin-aware ranking is not measured on multi-label data)."""
     temperature: float = 0.05
     """Temperature of ``match.score=softmax``."""
 
@@ -259,6 +260,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "nuswide": {
         "data": {"strong_crop": 0.8},
         "graph": {"k": 40, "keep": 10},
+        "match": {"score": "distance"},
         "model": {"queue": 2048},
         "method": {"pseudo_th": 0.9, "multi_label": True},
         "clean": {"protect_anchors": True},

@@ -40,7 +40,7 @@ def _cfg(*overrides):
 
 
 def test_build_anchors_composes_the_steps(tmp_path, web):
-    cfg = _cfg()
+    cfg = _cfg("match.score=distance")  # the paper's ranking
     res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     x = normalize_rows(web["feats"])
     ids, _ = TorchKnn().search(x, k=cfg.graph.k)
@@ -169,7 +169,8 @@ def test_cli_steps_and_cleanlab_export(tmp_path, web, capsys):
 
 
 def test_softmax_anchor_score_ranks_by_the_margin_to_other_prototypes(tmp_path, web):
-    cfg = _cfg("match.score=softmax", "match.temperature=0.1")
+    assert _cfg().match.score == "softmax"  # the default (D13)
+    cfg = _cfg("match.temperature=0.1")
     res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     p = prototype_softmax(res.text_cosine, web["labels"], temperature=0.1)
     np.testing.assert_array_equal(res.domain, select_anchors(1.0 - p, web["labels"], num_classes=C, topk=20))
@@ -178,6 +179,6 @@ def test_softmax_anchor_score_ranks_by_the_margin_to_other_prototypes(tmp_path, 
     assert all(a["score"] >= b["score"] for a, b in zip(first, first[1:]))
     assert first[0]["score"] == pytest.approx(float(p[int(first[0]["id"][1:])]), abs=1e-5)
     # the distance ranking (the paper's) is another step: it reruns, and gives the first anchors
-    paper = build_anchors(_cfg(), web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
+    paper = build_anchors(_cfg("match.score=distance"), web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     np.testing.assert_array_equal(paper.domain, select_anchors(paper.text_distance, web["labels"],
                                                                num_classes=C, topk=20))
