@@ -43,6 +43,19 @@ class DataConfig:
     strong_crop: float = 0.2
     """Lower bound of the RandomResizedCrop scale for the strong (key) view; 0.8 for NUS-WIDE."""
     weak_crop: float = 0.8
+    augment: str = "batch"
+    """``batch``: decode once into a uint8 store, build the views of whole batches on the training
+    device (:mod:`capro.data.batch_views`); ``per_image``: torchvision on each PIL image in the
+    loader workers (the earlier path)."""
+    cache: str = "auto"
+    """Where decoded images live with ``augment=batch``: ``auto`` | ``ram`` | ``disk`` | ``off``
+    (:mod:`capro.data.image_cache`); never changes a result."""
+    cache_size: int = 0
+    """Stored side S of the decoded images (0 = chosen from the image and crop sizes)."""
+    cache_ram_mb: float = 1024
+    """``cache=auto`` keeps a split in RAM up to this size, ..."""
+    cache_disk_gb: float = 64
+    """... and memory-maps it from RUN/cache up to this size; above it, workers decode."""
 
 
 @dataclass
@@ -463,6 +476,7 @@ def load_config(path: str | os.PathLike | None = None, *, preset: str | None = N
 
 
 _CHOICES = {
+    "data.augment": ("batch", "per_image"), "data.cache": ("auto", "ram", "disk", "off"),
     "text.concept_source": ("wordnet", "definition", "both"),
     "graph.backend": ("auto", "torch", "faiss"),
     "graph.edge_weight": ("similarity", "distance"),
@@ -508,7 +522,8 @@ _STAGE_RANGES: dict[str, tuple[Any, str]] = {
 # Allowed values of every numeric key (None values are not checked: they mean "never" / "decide").
 _RANGES: dict[str, tuple[Any, str]] = {
     "seed": _within(0, 2**32 - 1),
-    "data.image_size": _at_least(8), "data.workers": _at_least(0),
+    "data.image_size": _at_least(8), "data.workers": _at_least(0), "data.cache_size": _at_least(0),
+    "data.cache_ram_mb": _at_least(0), "data.cache_disk_gb": _at_least(0),
     "data.strong_crop": _within(0, 1, open_low=True), "data.weak_crop": _within(0, 1, open_low=True),
     "text.batch_size": _at_least(1), "text.chunk_size": _at_least(1), "text.max_chars": _at_least(0),
     "graph.k": _at_least(2), "graph.keep": _at_least(1), "graph.k1": _at_least(1), "graph.k2": _at_least(1),

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from capro.data.batched import batch_loader
 from capro.data.datasets import EvalDataset
 from capro.data.layout import ClassInfo, Record, escape_text
 from capro.engine.signals import ignore_stop_signals
@@ -41,8 +42,8 @@ def collect(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_s
     """
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        worker_init_fn=ignore_stop_signals)
+    loader = batch_loader(dataset, batch_size=batch_size, workers=workers,
+                          worker_init_fn=ignore_stop_signals)
     outs, targets = [], []
     call = model.extract_features if fn == "features" else model
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from capro.data.batched import batch_loader, finish_batch
 from capro.engine.bad_images import gather_bad_images
 from capro.engine.nonfinite import check_finite
 from capro.engine.signals import ignore_stop_signals
@@ -133,28 +134,44 @@ class EpochStats:
     seconds: float = 0.0
     bad_images: int = 0
     """Samples whose image could not be read (placeholders left out of training)."""
+    input_seconds: float = 0.0
+    """Time spent waiting for batches and building their views (the input path)."""
+    step_seconds: float = 0.0
+    """Time spent in the model step (forward, backward, update)."""
 
     def row(self) -> dict[str, float]:
         out = {f"loss_{k}" if k != "loss" else k: v / max(self.steps, 1) for k, v in self.sums.items()}
         out.update(steps=self.steps, skipped=self.skipped,
                    clean_frac=self.clean / max(self.samples, 1),
                    relabel_frac=self.relabeled / max(self.samples, 1), seconds=self.seconds,
-                   bad_images=self.bad_images)
+                   bad_images=self.bad_images, input_img_s=_rate(self.samples, self.input_seconds),
+                   step_img_s=_rate(self.samples, self.step_seconds))
         return out
 
     def state_dict(self) -> dict:
         return {"sums": dict(self.sums), "steps": self.steps, "skipped": self.skipped,
                 "samples": self.samples, "clean": self.clean, "relabeled": self.relabeled,
-                "seconds": self.seconds, "bad_images": self.bad_images}
+                "seconds": self.seconds, "bad_images": self.bad_images,
+                "input_seconds": self.input_seconds, "step_seconds": self.step_seconds}
+
+
+def _rate(samples: int, seconds: float) -> float:
+    """Images per second (0 when nothing was timed)."""
+    return round(samples / seconds, 1) if seconds > 0 else 0.0
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued device work, so that the input and step timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def make_loader(dataset, sampler: EpochSampler, *, workers: int, epoch: int, seed: int,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose worker seeds depend only on (seed, epoch), never on the global RNG."""
     g = torch.Generator().manual_seed(seed * 7919 + epoch)
-    return DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, num_workers=workers,
-                      worker_init_fn=seed_worker, generator=g, pin_memory=pin_memory,
-                      persistent_workers=False, drop_last=False)
+    return batch_loader(dataset, batch_size=sampler.local_batch, sampler=sampler, workers=workers,
+                        worker_init_fn=seed_worker, generator=g, pin_memory=pin_memory)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -191,9 +208,14 @@ def train_epoch(*, model: nn.Module, loader: DataLoader, optimizer: torch.optim.
                disable=not show_progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     step = start_step
+    views = getattr(loader, "dataset", None)
+    t_in = time.perf_counter()
     for batch in loader:
         errors = batch.pop("error", None)
-        batch = _to_device(batch, device)
+        batch = finish_batch(views, _to_device(batch, device))
+        _sync(device)
+        t_step = time.perf_counter()
+        stats.input_seconds += t_step - t_in
         n_bad = 0
         if "valid" in batch:
             n_bad = int((~concat_all_gather(batch["valid"])).sum())
@@ -219,6 +241,8 @@ def train_epoch(*, model: nn.Module, loader: DataLoader, optimizer: torch.optim.
             stats.sums["loss"] = stats.sums.get("loss", 0.0) + loss.item()
             for k, v in out.terms.items():
                 stats.sums[k] = stats.sums.get(k, 0.0) + float(v)
+        _sync(device)
+        stats.step_seconds += time.perf_counter() - t_step
         index = concat_all_gather(batch["index"])
         clean, relabeled = concat_all_gather(out.clean), concat_all_gather(out.relabeled)
         stats.samples += index.numel() - n_bad
@@ -239,6 +263,7 @@ def train_epoch(*, model: nn.Module, loader: DataLoader, optimizer: torch.optim.
             stats.seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             after_step(step, stats)
+        t_in = time.perf_counter()
     stats.seconds += time.perf_counter() - t0
     bar.close()
     return stats

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from capro.config import Config
-from capro.data.datasets import EvalDataset
+from capro.data.batched import make_eval_dataset
 from capro.data.transforms import eval_transform
 from capro.engine.distributed import resolve_device
 from capro.errors import DataError
@@ -86,8 +86,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None =
     _check_classes(root, classes)
     sp = load_split_for_run(root, split, run_dir=None, skip_bad=cfg.data.skip_bad,
                             check_images=cfg.data.check_images, classes=classes)
-    ds = EvalDataset(root, sp.records, len(classes), size=cfg.data.image_size,
-                     channels=cfg.data.channels, multi_label=multi, on_bad_image=cfg.train.on_bad_image)
+    ds = make_eval_dataset(cfg, root, sp.records, len(classes), multi_label=multi,
+                           cache_dir=Path(run_dir) / "cache")
     out = evaluate_model(model, ds, multi_label=multi, device=dev, batch_size=cfg.train.eval_batch_size,
                          workers=cfg.data.workers)
     return {"split": split, "data": str(root), **out}

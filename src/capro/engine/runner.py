@@ -61,7 +61,8 @@ from capro.utils.io import atomic_write, read_json, write_json
 MODEL_FILE = "model.pt"
 
 
-LATER_KEYS: dict[str, dict[str, Any]] = {"method": {"keep_th": None, "keep_top": 0},
+LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache_size": 0},
+                                         "method": {"keep_th": None, "keep_top": 0},
                                          "clean": {"stage2_checkpoint": "kept"},
                                          "match": {"score": "distance", "temperature": 0.05}}
 """Config keys added after runs were fingerprinted without them, with their default: at that
@@ -81,7 +82,8 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int) -> dict[str, str]:
     base = {
         "seed": cfg.seed, "n_train": n_train,
         "train_file": file_digest(data_root / "train.jsonl"),
-        "data": {k: v for k, v in d("data").items() if k not in ("workers", "check_images", "skip_bad")},
+        "data": {k: v for k, v in d("data").items() if k not in ("workers", "check_images", "skip_bad", "cache", "cache_ram_mb",
+                                                                    "cache_disk_gb")},
         "model": d("model"), "method": d("method"),
         "train": {k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch",
                                                      "keep", "val_split", "val_every")},

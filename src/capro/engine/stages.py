@@ -19,16 +19,24 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from capro.cleaning import clean_batch, clean_batch_multilabel
 from capro.config import Config, StageConfig
+from capro.data.batched import (
+    BatchEvalDataset,
+    BatchTrainDataset,
+    StoredImages,
+    batch_loader,
+    finish_batch,
+    make_eval_dataset,
+    stored_images,
+)
 from capro.data.datasets import EvalDataset, TrainDataset, label_targets
 from capro.data.layout import ClassInfo, Split
 from capro.engine.bad_images import BadImageLog, bad_images
@@ -88,6 +96,7 @@ class RunContext:
     progress: bool = False
     log_steps: bool = False
     """Print a line every ``train.log_every`` steps when there is no progress bar."""
+    _train_images: StoredImages | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -101,22 +110,45 @@ class RunContext:
         """[N] int64 web labels (multi-label [N, C] float32 multi-hot)."""
         return label_targets(self.train.records, self.num_classes, multi_label=self.multi_label)
 
-    def train_dataset(self, **kwargs) -> TrainDataset:
+    def stored_images(self, records: list | None = None) -> StoredImages:
+        """The decoded images of the training split (or of ``records``), built once per run."""
+        if records is None:
+            if self._train_images is None:
+                self._train_images = stored_images(self.cfg, self.data_root, self.train.records,
+                                                   cache_dir=self.run_dir / "cache")
+            return self._train_images
+        return stored_images(self.cfg, self.data_root, records, cache_dir=self.run_dir / "cache")
+
+    def train_dataset(self, **kwargs) -> TrainDataset | BatchTrainDataset:
         """Training views; unreadable images always come as placeholders, so that every rank
-        applies ``train.on_bad_image`` to the same samples (:func:`bad_image_log`)."""
+        applies ``train.on_bad_image`` to the same samples (:func:`bad_image_log`).
+
+        ``records`` (a subset) comes with ``indices``, their positions in the training split."""
         cfg = self.cfg
-        return TrainDataset(self.data_root, kwargs.pop("records", self.train.records), self.num_classes,
+        records = kwargs.pop("records", self.train.records)
+        if cfg.data.augment == "batch":
+            images = self.stored_images()
+            if kwargs.get("indices") is not None:
+                images = images.subset(np.asarray(kwargs["indices"]))
+            return BatchTrainDataset(images, self.num_classes, size=cfg.data.image_size,
+                                     multi_label=self.multi_label, weak_crop=cfg.data.weak_crop,
+                                     strong_crop=cfg.data.strong_crop, seed=cfg.seed,
+                                     on_bad_image="skip", **kwargs)
+        return TrainDataset(self.data_root, records, self.num_classes,
                             size=cfg.data.image_size, channels=cfg.data.channels,
                             multi_label=self.multi_label, weak_crop=cfg.data.weak_crop,
                             strong_crop=cfg.data.strong_crop, seed=cfg.seed, on_bad_image="skip",
                             **kwargs)
 
-    def eval_dataset(self, records=None) -> EvalDataset:
+    def eval_dataset(self, records=None) -> EvalDataset | BatchEvalDataset:
         """Test views (one process reads them); ``train.on_bad_image=stop`` raises in the dataset."""
-        cfg = self.cfg
-        return EvalDataset(self.data_root, self.train.records if records is None else records,
-                           self.num_classes, size=cfg.data.image_size, channels=cfg.data.channels,
-                           multi_label=self.multi_label, on_bad_image=cfg.train.on_bad_image)
+        if self.cfg.data.augment == "batch" and records is None:
+            return BatchEvalDataset(self.stored_images(), self.num_classes, size=self.cfg.data.image_size,
+                                    multi_label=self.multi_label,
+                                    on_bad_image=self.cfg.train.on_bad_image)
+        return make_eval_dataset(self.cfg, self.data_root, self.train.records if records is None else records,
+                                 self.num_classes, multi_label=self.multi_label,
+                                 cache_dir=self.run_dir / "cache")
 
     def bad_image_log(self, name: str) -> BadImageLog:
         """The record of unreadable training images for stage or pass ``name``."""
@@ -188,12 +220,13 @@ def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epo
     targets = ctx.web_targets()[idx]
     ds = ctx.train_dataset(records=[ctx.train.records[i] for i in idx], indices=idx, targets=targets)
     ds.set_epoch(epoch)
-    loader = DataLoader(ds, batch_size=ctx.cfg.train.eval_batch_size, shuffle=False,
-                        num_workers=ctx.cfg.data.workers, worker_init_fn=ignore_stop_signals)
+    loader = batch_loader(ds, batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
+                          worker_init_fn=ignore_stop_signals)
     was_training = model.training
     model.eval()
     z, valid, errors = [], [], []
     for b in loader:
+        b = finish_batch(ds, b, strong=False)
         z.append(model.anchor_embeddings(b["img"].to(ctx.dist.device)))
         valid.append(b["valid"])
         errors += b["error"]
@@ -415,8 +448,8 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
     cfg = ctx.cfg
     device = ctx.dist.device
     model.eval()
-    loader = DataLoader(ctx.eval_dataset(), batch_size=cfg.train.eval_batch_size, shuffle=False,
-                        num_workers=cfg.data.workers, worker_init_fn=ignore_stop_signals)
+    loader = batch_loader(ctx.eval_dataset(), batch_size=cfg.train.eval_batch_size,
+                          workers=cfg.data.workers, worker_init_fn=ignore_stop_signals)
     scores, nearest, valid, skipped = [], [], [], []
     protos = model.prototypes
     for batch in loader:
