@@ -220,7 +220,7 @@ def strong_views(raw: torch.Tensor, *, keys: np.ndarray, size: int, crop: float 
     return normalise(x)
 
 
-def test_views(raw: torch.Tensor, *, size: int) -> torch.Tensor:
+def eval_views(raw: torch.Tensor, *, size: int) -> torch.Tensor:
     """The deterministic view: resize the shorter side to ``size * 256 / 224`` (antialiased
     bilinear), centre-crop ``size``. raw [B, ch, H, W] uint8 → [B, ch, size, size] float."""
     h, w = raw.shape[-2:]
@@ -229,5 +229,5 @@ def test_views(raw: torch.Tensor, *, size: int) -> torch.Tensor:
     x = raw.float() / 255.0
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # as CenterCrop
     return normalise(x[..., top:top + size, left:left + size].clamp(0, 1))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
-from capro.data.batch_views import strong_views, test_views, view_keys, weak_views
+from capro.data.batch_views import eval_views, strong_views, view_keys, weak_views
 from capro.data.datasets import BadImageError, _check_policy, label_targets
 from capro.data.image_cache import ImageStore, decode_stored, open_store, stored_side
 from capro.data.layout import Record
@@ -171,7 +171,7 @@ class BatchEvalDataset(Dataset):
     def __getitem__(self, key) -> dict:
         pos = _positions(key)
         raw, valid, reasons = self.images.fetch(pos, self.on_bad_image)
-        img = torch.where(valid.view(-1, 1, 1, 1), test_views(raw, size=self.size), 0.0)
+        img = torch.where(valid.view(-1, 1, 1, 1), eval_views(raw, size=self.size), 0.0)
         return {"img": img, "target": torch.as_tensor(self.targets[pos]),
                 "index": torch.as_tensor(pos, dtype=torch.long), "valid": valid, "error": reasons}
 

@@ -53,12 +53,12 @@ class ImageStore:
 
 def stored_side(root: str | os.PathLike, records: list[Record], *, size: int, channels: int,
                 requested: int = 0) -> int:
-    """S: ``requested`` when > 0; else at least the test view's resize (size · 256 / 224) and at
-    most 2 · size, the smallest shorter side among the first 16 readable images within that range
-    (so a 28-px source trained at 16 px is stored as it is)."""
+    """S: ``requested`` when > 0; else the smallest shorter side among the first 16 readable
+    images, capped at 2 · size: images are never enlarged in the store (the views resize them
+    on the device), and large ones are reduced to what the crops can use."""
     if requested > 0:
         return requested
-    lo, hi = round(size * 256 / 224), 2 * size
+    hi = max(2 * size, round(size * 256 / 224))
     sides = []
     for rec in records[:64]:
         try:
@@ -68,8 +68,7 @@ def stored_side(root: str | os.PathLike, records: list[Record], *, size: int, ch
             continue
         if len(sides) == 16:
             break
-    native = min(sides) if sides else lo
-    return max(lo, min(native, hi))
+    return min(min(sides), hi) if sides else hi
 
 
 def decode_stored(root: str | os.PathLike, rec: Record, channels: int, side: int) -> np.ndarray:
