@@ -112,9 +112,10 @@ PAPER_KEEP = ("method.keep_th=null", "method.keep_top=0")
 
 
 # Offline cleaning from what stage 2 handed on, the default until D12 made it stage 2's
-# best-validation epoch, and the paper's anchor ranking, the default until D13; pinned for the
-# sizes whose tables were recorded with them.
-RECORDED_CLEAN = ("clean.stage2_checkpoint=kept",)
+# best-validation epoch, the per-image input path, the default until the batched one, and the
+# paper's anchor ranking, the default until D13; pinned for the sizes whose tables were recorded
+# with them.
+RECORDED_CLEAN = ("clean.stage2_checkpoint=kept", "data.augment=per_image")
 PAPER_MATCH = ("match.score=distance",)
 
 

@@ -11,6 +11,11 @@
    ``DistributedDataParallel``, the all-gathers of the queue included.
 3. kNN on the GPU (capro's torch backend) against the CPU (faiss when installed, else torch),
    with the overlap of the neighbour lists.
+4. The input path at the step's image size: uint8 batches from a decoded store in pinned memory,
+   copied to the device and turned into the weak and strong views there
+   (:mod:`capro.data.batch_views`), and, for data that does not fit a store, JPEG decoding with
+   ``torchvision.io.decode_jpeg`` on the device. Images/s of each against the images/s of the
+   CAPro step of check 1, and which one bounds training.
 
 Prints one JSON line per check and writes them all to ``--out`` (default
 ``benchmarks/results/gpu_check.json``).
@@ -36,9 +41,11 @@ from common import RESULTS, machine_info  # noqa: E402
 
 SIZES = {
     "full": {"backbone": "resnet50", "image_size": 224, "batch": 128, "steps": 20, "warmup": 5,
-             "queue": 8192, "classes": 1000, "knn_n": 1_000_000, "knn_dim": 128, "knn_k": 20},
+             "queue": 8192, "classes": 1000, "knn_n": 1_000_000, "knn_dim": 128, "knn_k": 20,
+             "store_side": 256, "store_n": 1024, "jpeg_n": 256, "jpeg_size": (375, 500)},
     "tiny": {"backbone": "resnet18_tiny", "image_size": 32, "batch": 8, "steps": 2, "warmup": 1,
-             "queue": 64, "classes": 10, "knn_n": 3000, "knn_dim": 32, "knn_k": 10},
+             "queue": 64, "classes": 10, "knn_n": 3000, "knn_dim": 32, "knn_k": 10,
+             "store_side": 40, "store_n": 32, "jpeg_n": 8, "jpeg_size": (48, 64)},
 }
 
 
@@ -130,6 +137,54 @@ def check_steps(size: dict[str, Any], device: torch.device, amp: torch.dtype | N
             "capro_over_ce_time": ce["images_per_s"] / capro["images_per_s"]}
 
 
+def check_input(size: dict[str, Any], device: torch.device, step_images_per_s: float | None) -> dict[str, Any]:
+    """Images/s of the batched input path on ``device``, from a uint8 store and from JPEG bytes."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    from capro.data.batch_views import strong_views, view_keys, weak_views
+
+    b, side, crop = size["batch"], size["store_side"], size["image_size"]
+    g = torch.Generator().manual_seed(0)
+    store = torch.randint(0, 256, (size["store_n"], 3, side, side), dtype=torch.uint8, generator=g)
+    if device.type == "cuda":
+        store = store.pin_memory()
+    rounds = size["warmup"] + size["steps"]
+
+    def views(step: int) -> None:
+        idx = torch.randint(0, len(store), (b,), generator=g)
+        raw = store[idx].to(device, non_blocking=True)
+        keys = view_keys(0, 0, idx + step * b)
+        weak_views(raw, keys=keys, size=crop)
+        strong_views(raw, keys=keys, size=crop)
+
+    for step in range(size["warmup"]):
+        views(step)
+    _sync(device)
+    t0 = time.perf_counter()
+    for step in range(size["warmup"], rounds):
+        views(step)
+    _sync(device)
+    store_rate = size["steps"] * b / (time.perf_counter() - t0)
+    h, w = size["jpeg_size"]
+    jpegs = [encode_jpeg(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), quality=90)
+             for _ in range(size["jpeg_n"])]
+    decode_jpeg(jpegs[:b], device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(jpegs), b):
+        decode_jpeg(jpegs[i:i + b], device=device)
+    _sync(device)
+    jpeg_rate = len(jpegs) / (time.perf_counter() - t0)
+    out = {"check": "input_path", "image_size": crop, "store_side": side, "batch": b,
+           "store_views_images_per_s": store_rate, "jpeg_decode_images_per_s": jpeg_rate,
+           "jpeg_size": [h, w], "step_images_per_s": step_images_per_s}
+    if step_images_per_s:
+        out["bound_with_store"] = "input" if store_rate < step_images_per_s else "step"
+        out["bound_with_jpeg_decode"] = ("input" if 1 / (1 / store_rate + 1 / jpeg_rate) < step_images_per_s
+                                         else "step")
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -204,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="seconds-long sizes (CPU is fine)")
     p.add_argument("--device", default="auto", help="auto (cuda when there is one) | cpu | cuda[:N]")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default results/gpu_check.json)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["steps", "ddp", "knn"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["steps", "ddp", "knn", "input"])
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -214,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     amp = torch.bfloat16 if device.type == "cuda" else None
     results: list[dict[str, Any]] = [{"check": "machine", **machine_info(), "device": str(device),
                                       "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}]
+    def step_rate() -> float | None:
+        steps = next((r for r in results if r.get("check") == "train_step" and "error" not in r), None)
+        return steps["capro_stage2"]["images_per_s"] if steps else None
+
     checks = {"steps": lambda: check_steps(size, device, amp), "ddp": lambda: check_ddp(size, device),
-              "knn": lambda: check_knn(size, device)}
+              "knn": lambda: check_knn(size, device), "input": lambda: check_input(size, device, step_rate())}
     for name, fn in checks.items():
         if name in args.skip:
             continue

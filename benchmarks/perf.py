@@ -48,9 +48,9 @@ from capro.utils.io import read_json, write_json  # noqa: E402
 STEP_TARGET = 1.45
 
 QUICK = {"step": {"repeats": 5, "steps": 3, "warmup": 2}, "proto_n": 5000, "knn_sizes": [5000, 20000],
-         "loop_nodes": 300}
+         "loop_nodes": 300, "input": {"n": 512, "epochs": 2, "repeats": 1}}
 FULL = {"step": {"repeats": 15, "steps": 5, "warmup": 3}, "proto_n": 20000,
-        "knn_sizes": [50000, 200000], "loop_nodes": 2000}
+        "knn_sizes": [50000, 200000], "loop_nodes": 2000, "input": {"n": 2000, "epochs": 4, "repeats": 2}}
 
 
 def _timed(fn: Callable[[], Any], steps: int) -> float:
@@ -273,10 +273,152 @@ def perf_table(perf: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+INPUT_CASES = (
+    # (name, stage, image size, backbone): the long protocol's rows and a heavier step
+    ("ce_16px_simple_cnn", "ce", 16, "simple_cnn"),
+    ("stage2_16px_simple_cnn", "stage2", 16, "simple_cnn"),
+    ("stage2_32px_resnet18_tiny", "stage2", 32, "resnet18_tiny"),
+)
+INPUT_TARGETS = {"ce_16px_simple_cnn": 2.0, "stage2_16px_simple_cnn": 1.5, "stage2_32px_resnet18_tiny": 1.3}
+"""Whole-epoch speed-ups (per-image path over batched path) the input path must reach."""
+BARE_TARGET = 1.8
+"""A long-protocol ``ce`` epoch may cost at most this many times the bare model steps."""
+
+
+def _input_data(root: Path, image_size: int, n: int) -> Path:
+    from capro.data.simulate import simulate
+
+    data = root / f"data{image_size}"
+    if not (data / "train.jsonl").is_file():
+        simulate(data, profile="web", seed=0, train_size=n, val_size=20, test_size=20,
+                 image_size=image_size, progress=False)
+    return data
+
+
+def _epoch_seconds(data: Path, run: Path, *, stage: str, image_size: int, backbone: str, augment: str,
+                   epochs: int) -> tuple[list[float], list[dict[str, str]]]:
+    """Train ``epochs`` epochs of ``stage`` (``ce``: stage 1 as the ``ce`` row; ``stage2``: CAPro
+    with prototypes, cleaning and bootstrapping from epoch 1) with the engine; per-epoch seconds."""
+    import csv
+    import shutil
+
+    from capro.config import load_config
+    from capro.data.layout import read_classes, read_split
+    from capro.engine.distributed import DistInfo
+    from capro.engine.stages import RunContext, build_model, train_stage
+
+    shutil.rmtree(run, ignore_errors=True)
+    over = [f"data.image_size={image_size}", f"model.backbone={backbone}", "model.queue=256",
+            "data.workers=0", f"data.augment={augment}", "stage1.batch_size=128", "stage2.batch_size=128",
+            f"stage1.epochs={epochs}", f"stage2.epochs={epochs}", "stage2.frozen_encoder_epoch=0",
+            "stage2.init_proto_epoch=0", "stage2.start_clean_epoch=0"]
+    if stage == "ce":
+        over += ["method.bootstrap=none", "stage1.w_inst=0", "stage1.w_recn=0"]
+    cfg = load_config(preset="cpu", overrides=over)
+    classes = read_classes(data)
+    train = read_split(data, "train", classes)
+    ctx = RunContext(cfg=cfg, data_root=data, run_dir=run, dist=DistInfo(0, 1, 0, torch.device("cpu")),
+                     classes=classes, train=train, multi_label=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, len(classes), multi_label=False)
+    name = "stage1" if stage == "ce" else "stage2"
+    domain = None
+    if stage == "stage2":
+        domain = (np.random.default_rng(0).random(len(train)) < 0.1).astype(np.int8)
+    train_stage(ctx, name, getattr(cfg, name), model=model, dataset=ctx.train_dataset(domain=domain),
+                fingerprint="perf", domain=domain)
+    with open(run / name / "log.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [float(r["seconds"]) for r in rows], rows
+
+
+def bare_steps(*, image_size: int, backbone: str, steps: int, batch: int = 128, repeats: int = 3) -> float:
+    """Median seconds of ``steps`` CE steps (backbone + linear head, forward, backward, SGD) on
+    ready tensors: the floor an epoch of the ``ce`` row could reach."""
+    from capro.config import load_config
+    from capro.engine.stages import build_model
+
+    cfg = load_config(preset="cpu", overrides=[f"model.backbone={backbone}", f"data.image_size={image_size}"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, multi_label=False)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, 1, image_size, image_size), torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    _timed(step, 2)
+    return statistics.median(_timed(step, steps) * steps for _ in range(repeats))
+
+
+def input_path(*, n: int = 2000, epochs: int = 4, repeats: int = 2, workdir: Path | None = None) -> dict[str, Any]:
+    """Whole training epochs on the per-image path vs the batched path, interleaved, same process.
+
+    Epoch 0 of each run is left out of the medians (it builds the image store on the batched
+    path and initialises the prototypes in stage 2); it is reported as ``first_epoch_seconds``.
+    """
+    import tempfile
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="capro-input-"))
+    out: dict[str, Any] = {"n_train": n, "epochs_per_run": epochs, "repeats": repeats,
+                           "threads": torch.get_num_threads(), "cases": {}}
+    for name, stage, size, backbone in INPUT_CASES:
+        data = _input_data(root, size, n)
+        seconds: dict[str, list[float]] = {"per_image": [], "batch": []}
+        first: dict[str, list[float]] = {"per_image": [], "batch": []}
+        rates: dict[str, dict[str, float]] = {}
+        for r in range(repeats):
+            for augment in (("per_image", "batch") if r % 2 == 0 else ("batch", "per_image")):
+                secs, rows = _epoch_seconds(data, root / "run", stage=stage, image_size=size,
+                                            backbone=backbone, augment=augment, epochs=epochs)
+                first[augment].append(secs[0])
+                seconds[augment] += secs[1:]
+                rates[augment] = {k: statistics.median(float(x[k]) for x in rows[1:])
+                                  for k in ("input_img_s", "step_img_s")}
+        med = {k: statistics.median(v) for k, v in seconds.items()}
+        case = {"stage": stage, "image_size": size, "backbone": backbone,
+                "epoch_seconds": med, "first_epoch_seconds": {k: statistics.median(v) for k, v in first.items()},
+                "all_epoch_seconds": seconds, "images_per_second": rates,
+                "speedup": med["per_image"] / med["batch"], "target": INPUT_TARGETS[name]}
+        if stage == "ce":
+            steps = n // 128
+            bare = bare_steps(image_size=size, backbone=backbone, steps=steps)
+            case.update(bare_steps_seconds=bare, steps=steps,
+                        ratio_epoch_over_bare={k: v / bare for k, v in med.items()}, bare_target=BARE_TARGET)
+        out["cases"][name] = case
+        print(json.dumps({name: {k: v for k, v in case.items() if k != "all_epoch_seconds"}}), flush=True)
+    return out
+
+
+def input_table(perf: dict[str, Any]) -> str:
+    """Markdown: whole-epoch seconds of each case on both paths, the speed-up and its target."""
+    cases = perf.get("input_path", {}).get("cases", {})
+    if not cases:
+        return ""
+    lines = ["| case | per-image path (s/epoch) | batched path (s/epoch) | speed-up | target | "
+             "batched: input img/s | batched: step img/s |", "|---|---|---|---|---|---|---|"]
+    for name, c in cases.items():
+        e, r = c["epoch_seconds"], c["images_per_second"]["batch"]
+        lines.append(f"| `{name}` | {e['per_image']:.2f} | {e['batch']:.2f} | {c['speedup']:.2f}x | "
+                     f">= {c['target']}x | {r['input_img_s']:,.0f} | {r['step_img_s']:,.0f} |")
+    for name, c in cases.items():
+        if "bare_steps_seconds" in c:
+            ratio = c["ratio_epoch_over_bare"]
+            lines.append(f"\n`{name}`: {c['steps']} bare CE steps on ready tensors take "
+                         f"{c['bare_steps_seconds']:.2f} s; an epoch costs {ratio['batch']:.2f}x that on the "
+                         f"batched path (target <= {c['bare_target']}x) and {ratio['per_image']:.2f}x on the "
+                         "per-image path.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (minutes)")
-    p.add_argument("--only", nargs="+", choices=["step", "proto", "knn"],
+    p.add_argument("--only", nargs="+", choices=["step", "proto", "knn", "input"],
                    help="measure only these (the others are kept from the previous result file)")
     p.add_argument("--run-missing", action="store_true",
                    help="run the re-ranking and text-encoding benchmarks when their results are absent")
@@ -290,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "perf_quick" if args.quick else "perf"
     path = RESULTS / f"{name}.json"
     perf: dict[str, Any] = read_json(path) if args.only and path.is_file() else {}
-    todo = set(args.only or ["step", "proto", "knn"])
+    todo = set(args.only or ["step", "proto", "knn", "input"])
     if "step" in todo:
         step_sizes = {**sizes["step"], **({"repeats": args.step_repeats} if args.step_repeats else {})}
         perf["step_overhead"] = step_overhead(**step_sizes)
@@ -300,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(perf["prototype_update"]), flush=True)
     if "knn" in todo:
         perf["knn"] = knn_backends(sizes["knn_sizes"])
+    if "input" in todo:
+        perf["input_path"] = input_path(**sizes["input"])
     perf.update(imported_results(run_missing=args.run_missing, quick=args.quick,
                                  loop_nodes=sizes["loop_nodes"]))
     perf["machine"] = machine_info()
@@ -312,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                   title=f"capro performance ratios ({perf['size']} sizes, 2-core CPU)")
         if not args.quick:
             update_markdown("perf", perf_table(perf))
+            if perf.get("input_path"):
+                update_markdown("input", input_table(perf))
     print(perf_table(perf))
     return 0
 
