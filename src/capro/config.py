@@ -52,9 +52,9 @@ class DataConfig:
     (:mod:`capro.data.image_cache`); never changes a result."""
     cache_size: int = 0
     """Stored side S of the decoded images (0 = chosen from the image and crop sizes)."""
-    cache_ram_mb: float = 1024
+    cache_ram_mb: float = 1024.0
     """``cache=auto`` keeps a split in RAM up to this size, ..."""
-    cache_disk_gb: float = 64
+    cache_disk_gb: float = 64.0
     """... and memory-maps it from RUN/cache up to this size; above it, workers decode."""
 
 

@@ -190,15 +190,21 @@ def run(args: argparse.Namespace) -> int:
     from capro.data.simulate import simulate
     from capro.engine.distributed import shutdown
     from capro.engine.runner import run_pipeline
+    from capro.utils.progress import progress, set_progress_stream
 
     scenario = "multilabel" if args.multilabel else "open-set" if args.open_set else None
+    # stdout redirected (`capro demo > log`): the progress lines go there as they happen,
+    # one per epoch and stage, instead of bars on the terminal
+    quiet = False if not sys.stdout.isatty() else None
+    if quiet is False:
+        set_progress_stream(sys.stdout)
     demo = DEMOS["quick" if args.quick else "full" if scenario is None else "scenario"]
     out = Path(args.out or ("capro-demo" + (f"-{scenario}" if scenario else "")))
     data, run_dir = out / "data", out / "run"
     t0 = time.perf_counter()
     kind = {"multilabel": args.multilabel, "open_set": args.open_set}
     if not _simulated(data, demo["data"], **kind):
-        print(f"capro demo: simulating a web-crawled dataset into {data}", file=sys.stderr)
+        progress(f"capro demo: simulating a web-crawled dataset into {data}")
         simulate(data, profile="web", seed=0, progress=sys.stderr.isatty(), **kind, **demo["data"])
     overrides = list(demo["overrides"]) + ([f"device={args.device}"] if args.device else [])
     if args.multilabel:
@@ -209,14 +215,14 @@ def run(args: argparse.Namespace) -> int:
         print("capro demo: --baseline compares single-label runs only; ignored", file=sys.stderr)
     ce_metrics: dict = {}
     try:
-        metrics = run_pipeline(data, run_dir, cfg, resume=args.resume)
+        metrics = run_pipeline(data, run_dir, cfg, resume=args.resume, progress=quiet)
         if baseline:
-            print(f"capro demo: training the plain cross-entropy baseline into {out / 'baseline'}",
-                  file=sys.stderr)
+            progress(f"capro demo: training the plain cross-entropy baseline into {out / 'baseline'}")
             ce_cfg = load_config(preset=demo["preset"], overrides=overrides + baseline_overrides(cfg))
-            ce_metrics = run_pipeline(data, out / "baseline", ce_cfg, resume=args.resume)
+            ce_metrics = run_pipeline(data, out / "baseline", ce_cfg, resume=args.resume, progress=quiet)
     finally:
         shutdown()
+        set_progress_stream(None)
     if metrics:
         print("\n".join(table(metrics) if scenario is None else scenario_table(metrics, scenario)))
         if ce_metrics:

@@ -12,7 +12,6 @@ import csv
 import io
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from capro.engine.signals import ignore_stop_signals
 from capro.model.capro import StepFlags
 from capro.utils.dist import concat_all_gather
 from capro.utils.io import atomic_write
+from capro.utils.progress import progress
 
 
 class EpochSampler(Sampler[int]):
@@ -257,8 +257,7 @@ def train_epoch(*, model: nn.Module, loader: DataLoader, optimizer: torch.optim.
         if show_progress:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         elif log_every > 0 and step % log_every == 0:
-            print(f"{where}: step {step}/{start_step + len(loader)} loss {loss.item():.4f}",
-                  file=sys.stderr, flush=True)
+            progress(f"{where}: step {step}/{start_step + len(loader)} loss {loss.item():.4f}")
         if after_step is not None:
             stats.seconds += time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -72,6 +72,7 @@ from capro.model.capro import CAPro, StepFlags
 from capro.report.verdicts import verdict_row, write_verdicts
 from capro.utils.dist import barrier, concat_all_gather, world_size
 from capro.utils.io import atomic_write
+from capro.utils.progress import epoch_line, progress, stage_line
 
 STAGE_SEED = {"stage1": 1, "stage2": 2, "stage3b": 3}
 
@@ -335,6 +336,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
 
     frozen_now: bool | None = None
     wrapped: nn.Module = model
+    totals = np.zeros(3)  # input seconds, step seconds, samples (this process's epochs)
     with GracefulStop() as stop:
         for epoch in range(start_epoch, st.epochs):
             frozen = epoch < st.frozen_encoder_epoch
@@ -374,11 +376,17 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
                                 log_every=cfg.train.log_every if ctx.is_main and ctx.log_steps else 0,
                                 on_bad_image=lambda step, items, epoch=epoch: bad.add(
                                     items, during="training", epoch=epoch, step=step))
-            log.append({"epoch": epoch, "lr": lr, "frozen": int(frozen), **stats.row(), **score(epoch)})
+            row = {"epoch": epoch, "lr": lr, "frozen": int(frozen), **stats.row(), **score(epoch)}
+            log.append(row)
+            totals += [stats.input_seconds, stats.step_seconds, stats.samples]
+            if ctx.is_main and not ctx.progress:
+                progress(epoch_line(name, epoch, st.epochs, row))
             start_step, stats = 0, EpochStats()
             save(epoch + 1, 0, stats)
             barrier()
     log.close()
+    if ctx.is_main and st.epochs > start_epoch:
+        progress(stage_line(name, st.epochs - start_epoch, time.perf_counter() - t_start, *totals))
     model.freeze_backbone(False)
     kept_epoch = st.epochs - 1
     if cfg.train.keep == "best" and best_path.is_file():  # every rank reads the same file
