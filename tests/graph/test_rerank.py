@@ -44,25 +44,30 @@ def test_rerank_knn_with_duplicate_features_matches_loop():
     np.testing.assert_array_equal(v_ids, l_ids)
 
 
-def test_rerank_knn_reproduces_released_fixture(golden):
-    """The released code computes in float16: compare neighbour by neighbour (fixture README).
+def _by_id(ids: np.ndarray, dist: np.ndarray) -> list[dict[int, float]]:
+    return [dict(zip(a.tolist(), b.tolist())) for a, b in zip(ids, dist)]
 
-    Emulating it showed the deviations come from its float16 distances (ranks at the k2 / k1/2
-    boundaries shift); with float64 distances 99.6% of the 4800 entries are within 5e-3.
+
+def test_rerank_knn_reproduces_released_fixture(golden):
+    """The released function computes in float16 (fixture README). Each entry may differ from
+    it by what float16 explains: the gap between the float64 and the float16 computation of the
+    same loop, plus the rounding of its float16 sums (up to (k + 1) / 2 additions of half an ulp
+    at 1.0 in the Jaccard term, weight 1 - lambda, and one ulp in the original distance, weight
+    lambda). No share of entries is tuned to a seed: every entry must be explained.
     """
+    k, lam, ulp = 20, 0.3, 2.0 ** -10
+    rounding = (k + 1) / 2 * (ulp / 2) * (1 - lam) + ulp * lam
     ids, dist = rerank_knn(golden["X"], golden["knn_ids"])
-    errors = []
-    for i in range(len(ids)):
-        released = dict(zip(golden["rerank_ids"][i].tolist(), golden["rerank_dist"][i].tolist()))
-        assert set(released) == set(ids[i].tolist())
-        errors.extend(abs(released[j] - d) for j, d in zip(ids[i].tolist(), dist[i].tolist()))
-    errors = np.array(errors)
-    assert np.mean(errors <= 5e-3) >= 0.995
-    assert errors.max() < 0.03
-    assert np.median(errors) < 5e-4
+    r16 = _by_id(*rerank_knn_loop(golden["X"], golden["knn_ids"], half_precision=True))
+    r64 = _by_id(*rerank_knn_loop(golden["X"], golden["knn_ids"]))
+    ours = _by_id(ids, dist)
+    released = _by_id(golden["rerank_ids"], golden["rerank_dist"])
+    for i, rel in enumerate(released):
+        assert set(rel) == set(ours[i])
+        for j, d in rel.items():
+            assert abs(r16[i][j] - d) <= rounding  # the float16 emulation is the released function
+            assert abs(ours[i][j] - d) <= abs(r64[i][j] - r16[i][j]) + rounding, (i, j)
     np.testing.assert_array_equal(ids[:, 0], golden["rerank_ids"][:, 0])
-    same_top5 = [set(a[:5]) == set(b[:5]) for a, b in zip(ids, golden["rerank_ids"])]
-    assert np.mean(same_top5) >= 0.97
 
 
 @pytest.mark.parametrize(("g", "q", "k1", "k2"), [(40, 1, 20, 6), (250, 1, 20, 6), (150, 3, 10, 4),
