@@ -206,10 +206,17 @@ class TrainConfig:
     """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
     eval_split: str = "test"
     eval_batch_size: int = 256
-    val_split: str = "val"
+    val_split: str = "auto"
     """Split scored after every training epoch (single-label top-1, multi-label macro mAP) into
-    ``log.csv`` as ``<split>_<metric>``; it alone selects the kept epoch (``keep``). Without that
-    split in DATA, no epoch is scored and every stage keeps its last epoch."""
+    ``log.csv`` as ``<split>_<metric>``; it alone selects the kept epoch (``keep``). ``auto``:
+    ``val`` when DATA has it, else ``holdout`` rows of the training split scored against their
+    web labels (:mod:`capro.engine.validation`); a named split that DATA lacks, or ``none``,
+    scores nothing and every stage keeps its last epoch."""
+    holdout: float = 0.1
+    """``val_split=auto`` without ``val.jsonl``: share of each web label's training rows held out
+    of training as a noisy validation split ..."""
+    holdout_max: int = 5000
+    """... and at most this many rows in all."""
     val_every: int = 1
     """Score ``val_split`` every this many epochs (and always after the last); 0 = never."""
     keep: str = "best"
@@ -536,6 +543,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
     "train.max_steps_per_epoch": _at_least(0), "train.val_every": _at_least(0),
+    "train.holdout": _within(0, 0.5), "train.holdout_max": _at_least(0),
     "clean.pseudo_th": _within(0, 1, open_low=True),
     "openset.threshold": _within(0, 1),
     **{f"{stage}.{key}": rule for stage in ("stage1", "stage2", "stage3") for key, rule in _STAGE_RANGES.items()},

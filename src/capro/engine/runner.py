@@ -51,12 +51,14 @@ from capro.engine.stages import (
     offline_clean,
     train_stage,
 )
+from capro.engine.validation import HOLDOUT, Validation, resolve_validation
 from capro.errors import CaproError
 from capro.eval.noise import anchor_precision, memorisation, noise_detection, relabel_accuracy
 from capro.model.capro import CAPro
 from capro.utils.cache import file_digest, fingerprint, is_done, mark_done
 from capro.utils.dist import barrier
-from capro.utils.io import atomic_write, read_json, write_json
+from capro.utils.io import atomic_write, read_json, write_json, write_jsonl
+from capro.utils.progress import progress as log_progress
 
 MODEL_FILE = "model.pt"
 
@@ -70,7 +72,7 @@ default they stay out of the fingerprint, so runs made before the key existed st
 finished (and resume) under the newer code."""
 
 
-def _fingerprints(cfg: Config, data_root: Path, n_train: int) -> dict[str, str]:
+def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | None = None) -> dict[str, str]:
     def d(name: str) -> dict[str, Any]:
         """Config section ``name`` as the fingerprint sees it."""
         out = dataclasses.asdict(getattr(cfg, name))
@@ -88,6 +90,11 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int) -> dict[str, str]:
         "train": {k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch",
                                                      "keep", "val_split", "val_every")},
     }
+    # the split that selects, as resolved (``auto`` with val.jsonl is ``val``, as before the key
+    # took ``auto``); a held-out split adds how it was drawn
+    base["train"]["val_split"] = val_split or "none"
+    if val_split == HOLDOUT:
+        base["train"].update(holdout=cfg.train.holdout, holdout_max=cfg.train.holdout_max)
     fps = {"stage1": fingerprint({"base": base, "stage": d("stage1")})}
     fps["features"] = fingerprint({"up": fps["stage1"], "step": "features"})
     fps["anchors"] = fingerprint({"up": fps["features"], "text": d("text"), "graph": d("graph"),
@@ -132,8 +139,9 @@ def load_run_model(run_dir: str | os.PathLike, device: torch.device | str = "cpu
 class _Pipeline:
     """State shared by the steps of one run (see :func:`run_pipeline`)."""
 
-    def __init__(self, ctx: RunContext, fps: dict[str, str]) -> None:
+    def __init__(self, ctx: RunContext, fps: dict[str, str], validation: Validation | None = None) -> None:
         self.ctx, self.fps = ctx, fps
+        self.validation = validation or Validation(None, ctx.train, [])
         self.stages: dict[str, dict[str, Any]] = {}
         self.eval_split = next(iter(_eval_splits(ctx.data_root, ctx.cfg)), None)
         self.eval_sets: dict[str, Any] = {}
@@ -159,6 +167,8 @@ class _Pipeline:
     def eval_set(self, split: str):
         """The evaluation dataset of ``split`` (read and validated once)."""
         ctx = self.ctx
+        if split == HOLDOUT and self.validation.holdout and split not in self.eval_sets:
+            self.eval_sets[split] = ctx.eval_dataset(self.validation.holdout)
         if split not in self.eval_sets:
             records = load_split_for_run(ctx.data_root, split, run_dir=ctx.run_dir,
                                          skip_bad=ctx.cfg.data.skip_bad,
@@ -174,9 +184,10 @@ class _Pipeline:
             return None
         if self._scorer is None:
             present = set(available_splits(ctx.data_root)) - {"train"}
-            select = tc.val_split if tc.val_split in present else None
+            select = self.validation.split
             names = list(dict.fromkeys([*([select] if select else []), *tc.curve_splits]))
-            missing = [s for s in names if s not in present]
+            held = {HOLDOUT} if self.validation.split == HOLDOUT else set()
+            missing = [s for s in names if s not in present | held]
             if missing:
                 raise CaproError(f"train.curve_splits names {missing[0]!r}, but {ctx.data_root} has no "
                                  f"{missing[0]}.jsonl; remove it or add the split")
@@ -402,6 +413,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
     classes = read_classes(data_root)
     train = load_split_for_run(data_root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images, classes=classes)
+    validation = resolve_validation(cfg, data_root, train)
+    train = validation.train
     multi = cfg.method.multi_label if cfg.method.multi_label is not None else train.multi_label
     if multi and cfg.stage3.mixup and cfg.stage3.epochs > 0:
         warnings.warn("mix-up is implemented for single-label data only; stage 3b of this "
@@ -414,6 +427,11 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                       "older key of the same image among its negatives; set model.queue to N/8 or less",
                       stacklevel=2)
     if info.is_main:
+        log_progress(validation.describe())
+        if validation.holdout:
+            write_jsonl(run_dir / "holdout.jsonl", [{"id": r.id, "label": r.label, "reason": "held out of "
+                                                     "training as the validation split (train.val_split=auto, "
+                                                     "no val.jsonl)"} for r in validation.holdout])
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "run.json", {"data": str(data_root), "world_size": info.world_size,
                                           "device": str(info.device), "resume": resume})
@@ -421,7 +439,7 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                      train=train, multi_label=multi, amp=amp_dtype(cfg.train.amp, info.device),
                      resume=resume, progress=info.is_main and (stderr_isatty() if progress is None else progress),
                      log_steps=progress is None)
-    p = _Pipeline(ctx, _fingerprints(cfg, data_root, len(train)))
+    p = _Pipeline(ctx, _fingerprints(cfg, data_root, len(train), validation.split), validation)
     t_run = time.perf_counter()
 
     seed_everything(cfg.seed)
@@ -453,6 +471,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
         metrics = {"eval": {s: p.evaluate(model, s) for s in _eval_splits(data_root, cfg)},
                    "final_stage": final_stage, "multi_label": multi, "world_size": info.world_size,
                    "n_train": len(train), "stages": p.stages,
+                   "validation": {"split": validation.split, "labels": validation.labels,
+                                  "held_out_rows": len(validation.holdout)},
                    "seconds": round(time.perf_counter() - t_run, 3), **p.openset(model)}
         final = flagged = removed = None
         if verdict is not None:
@@ -510,6 +530,7 @@ def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = No
     classes = read_classes(root)
     train = load_split_for_run(root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images, classes=classes)
+    train = resolve_validation(cfg, root, train).train  # the rows the run trained on
     multi = cfg.method.multi_label if cfg.method.multi_label is not None else train.multi_label
     ctx = RunContext(cfg=cfg, data_root=root, run_dir=run_dir, dist=DistInfo(0, 1, 0, dev),
                      classes=classes, train=train, multi_label=multi)

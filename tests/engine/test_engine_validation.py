@@ -1,0 +1,74 @@
+"""``train.val_split=auto``: val.jsonl when DATA has it, else a held-out slice of the training rows."""
+
+import csv
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from capro.config import load_config
+from capro.data.layout import Record, Split, read_split
+from capro.engine.runner import run_pipeline
+from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation
+from capro.utils.io import read_jsonl
+
+
+def _records(counts: dict[int, int]) -> list[Record]:
+    out = []
+    for label, n in counts.items():
+        out += [Record(id=f"c{label}_{i}", image=f"{label}_{i}.png", labels=(label,)) for i in range(n)]
+    return out
+
+
+def test_holdout_takes_a_share_of_every_label_and_is_seeded():
+    recs = _records({0: 50, 1: 30, 2: 1, 3: 2})
+    rows = holdout_rows(recs, share=0.1, most=100, seed=0)
+    held = Counter(recs[i].label for i in rows)
+    assert held == {0: 5, 1: 3, 3: 1}  # a label with one row keeps it; two rows give one
+    assert np.array_equal(rows, holdout_rows(recs, share=0.1, most=100, seed=0))
+    assert not np.array_equal(rows, holdout_rows(recs, share=0.1, most=100, seed=1))
+    capped = holdout_rows(recs, share=0.1, most=4, seed=0)
+    assert len(capped) == 4 and set(capped) <= set(rows)
+    assert holdout_rows(recs, share=0.0, most=100, seed=0).size == 0
+
+
+@pytest.fixture(scope="module")
+def no_val_data(tiny_web_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("noval") / "data"
+    shutil.copytree(tiny_web_data, root)
+    (root / "val.jsonl").unlink()
+    return root
+
+
+def test_auto_uses_val_when_present_and_a_holdout_otherwise(tiny_web_data, no_val_data):
+    cfg = load_config(preset="tiny")
+    with_val = resolve_validation(cfg, tiny_web_data, read_split(tiny_web_data, "train"))
+    assert with_val.split == "val" and not with_val.holdout and len(with_val.train) == 200
+    train = read_split(no_val_data, "train")
+    v = resolve_validation(cfg, no_val_data, train)
+    assert v.split == HOLDOUT and len(v.holdout) == 20 and len(v.train) == 180
+    assert {r.id for r in v.holdout}.isdisjoint(r.id for r in v.train.records)
+    assert [r.id for r in v.train.records] == [r.id for r in train.records if r not in v.holdout]
+    cfg.train.val_split = "none"
+    assert resolve_validation(cfg, no_val_data, train).split is None
+    cfg.train.val_split = "val"  # named, but missing: nothing selects, nothing is held out
+    named = resolve_validation(cfg, no_val_data, Split("train", train.records))
+    assert named.split is None and len(named.train) == 200
+
+
+def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn", "stage2.epochs=0",
+                                                "stage3.epochs=0"])
+    metrics = run_pipeline(no_val_data, run, cfg, progress=False)
+    assert metrics["validation"] == {"split": HOLDOUT, "labels": "web (noisy)", "held_out_rows": 20}
+    assert metrics["n_train"] == 180
+    held = read_jsonl(run / "holdout.jsonl")
+    assert len(held) == 20 and all("held out of training" in r["reason"] for r in held)
+    with open(run / "stage1" / "log.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["holdout_top1"] for r in rows)
+    best = max(range(len(rows)), key=lambda i: (float(rows[i]["holdout_top1"]), -i))
+    assert metrics["stages"]["stage1"]["kept_epoch"] == best
+    assert "selecting epochs on 20 training rows held out" in capsys.readouterr().err
