@@ -1,0 +1,87 @@
+"""Users without a clean validation split: the long protocol with and without ``val.jsonl``.
+
+    python benchmarks/no_val.py --profile web hard --seed 0
+
+For each profile, ``capro-ft`` of the ``long`` size with the defaults users get (``train.keep=best``,
+D12, ``train.val_split=auto``) runs twice on the same simulated data: once with its clean
+``val.jsonl``, once on a copy without it, where ``auto`` holds out a share of the training rows
+and selects epochs on their web labels. The runs reuse the ``quality.py`` data directory. Writes
+``benchmarks/results/no_val.json`` (resumable per profile and variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SIZES, machine_info, row_overrides  # noqa: E402
+from quality import DEFAULT_WORK, ensure_data, log  # noqa: E402
+
+from capro.utils.io import read_json, write_json  # noqa: E402
+
+OUT = RESULTS / "no_val.json"
+
+
+def _without_val(data: Path) -> Path:
+    """A copy of ``data`` (images linked) without ``val.jsonl``."""
+    dst = data.parent / "data-noval"
+    if not (dst / "train.jsonl").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in data.iterdir():
+            if f.name in ("val.jsonl", "images"):
+                continue
+            if f.is_file():
+                shutil.copy2(f, dst / f.name)
+        if not (dst / "images").exists():
+            (dst / "images").symlink_to(data / "images")
+    return dst
+
+
+def run_variant(data: Path, run_dir: Path, seed: int) -> dict:
+    from capro.config import load_config
+    from capro.engine.runner import run_pipeline
+
+    size = SIZES["long"]
+    over = [o for o in row_overrides("capro-ft", size, seed) if o != "train.keep=last"]
+    cfg = load_config(preset="cpu", overrides=over)
+    t0 = time.perf_counter()
+    m = run_pipeline(data, run_dir, cfg, resume=True, progress=False)
+    return {"top1": m["eval"]["test"]["top1"], "validation": m.get("validation"),
+            "stages": {s: {k: v for k, v in info.items() if k in ("best_epoch", "kept_epoch", "best_val")}
+                       for s, info in m["stages"].items()},
+            "overrides": over, "wall_seconds": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", nargs="+", default=["web", "hard"], choices=["web", "hard"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    args = p.parse_args(argv)
+    out = read_json(OUT) if OUT.is_file() else {}
+    for profile in args.profile:
+        data = ensure_data(args.work, SIZES["long"], profile, args.seed)
+        for variant, root in (("with_val", data), ("without_val", _without_val(data))):
+            key = f"{profile}/seed{args.seed}/{variant}"
+            if key in out:
+                log(f"{key}: done already")
+                continue
+            log(f"{key}: running")
+            res = run_variant(root, data.parent / f"noval-{variant}", args.seed)
+            out[key] = {**res, "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            write_json(OUT, out)
+            log(f"{key}: test top-1 {res['top1']:.4f}")
+    for profile in args.profile:
+        a, b = (out.get(f"{profile}/seed{args.seed}/{v}") for v in ("with_val", "without_val"))
+        if a and b:
+            print(f"{profile} seed {args.seed}: with val.jsonl {100 * a['top1']:.1f} %, without "
+                  f"{100 * b['top1']:.1f} % ({100 * (b['top1'] - a['top1']):+.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
