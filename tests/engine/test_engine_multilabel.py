@@ -166,8 +166,10 @@ def test_nuswide_native_layout_converts_and_runs(tmp_path: Path):
     cfg = load_config(preset="tiny", overrides=[*TINY_ML, "stage3.batch_size=16", "stage1.batch_size=16",
                                                 "stage2.batch_size=16", "model.queue=32"])
     m = run_pipeline(data, tmp_path / "run", cfg, progress=False)
-    assert m["multi_label"] is True and m["final_stage"] == "stage3b" and m["n_train"] == 48
+    held = m["validation"]["held_out_rows"]  # no val split: train.val_split=auto holds rows out
+    assert m["validation"]["split"] == "holdout" and 0 < held < 48
+    assert m["multi_label"] is True and m["final_stage"] == "stage3b" and m["n_train"] == 48 - held
     test = m["eval"]["test"]
     assert test["n"] == 16 and 0 <= test["mAP_macro"] <= 100 and 0 <= test["mAP_micro"] <= 100
     rows = read_jsonl(tmp_path / "run" / "stage3a" / "samples.jsonl")
-    assert len(rows) == 48 and all(isinstance(r["web_label"], list) for r in rows)
+    assert len(rows) == 48 - held and all(isinstance(r["web_label"], list) for r in rows)

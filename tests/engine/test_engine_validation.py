@@ -11,6 +11,7 @@ from capro.config import load_config
 from capro.data.layout import Record, Split, read_split
 from capro.engine.runner import run_pipeline
 from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation
+from capro.report.export import export_run
 from capro.utils.io import read_jsonl
 
 
@@ -59,8 +60,7 @@ def test_auto_uses_val_when_present_and_a_holdout_otherwise(tiny_web_data, no_va
 
 def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_path, capsys):
     run = tmp_path / "run"
-    cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn", "stage2.epochs=0",
-                                                "stage3.epochs=0"])
+    cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn"])
     metrics = run_pipeline(no_val_data, run, cfg, progress=False)
     assert metrics["validation"] == {"split": HOLDOUT, "labels": "web (noisy)", "held_out_rows": 20}
     assert metrics["n_train"] == 180
@@ -72,3 +72,9 @@ def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_
     best = max(range(len(rows)), key=lambda i: (float(rows[i]["holdout_top1"]), -i))
     assert metrics["stages"]["stage1"]["kept_epoch"] == best
     assert "selecting epochs on 20 training rows held out" in capsys.readouterr().err
+    # the cleaned dataset says why the held-out rows are not in it
+    out = tmp_path / "export"
+    export_run(run, out, format="jsonl")
+    removed = {r["id"]: r["reason"] for r in read_jsonl(out / "removed.jsonl")}
+    assert {r["id"] for r in held} <= set(removed)
+    assert all(removed[r["id"]].startswith("held out of training") for r in held)

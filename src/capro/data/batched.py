@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from capro.data.batch_views import eval_views, strong_views, view_keys, weak_views
-from capro.data.datasets import BadImageError, _check_policy, label_targets
+from capro.data.datasets import BadImageError, _check_policy, label_targets, sample_arrays
 from capro.data.image_cache import ImageStore, decode_stored, open_store, stored_side
 from capro.data.layout import Record
 
@@ -95,21 +95,13 @@ class BatchTrainDataset(Dataset):
                  on_bad_image: str = "skip", fancy_pca: bool = False) -> None:
         _check_policy(on_bad_image)
         records = images.records
-        n = len(records)
         self.images, self.records, self.size = images, records, size
         self.channels = images.channels
         self.on_bad_image, self.multi_label, self.seed, self.epoch = on_bad_image, multi_label, seed, 0
         self.weak_crop, self.strong_crop, self.fancy_pca = weak_crop, strong_crop, fancy_pca
-        self.targets = (label_targets(records, num_classes, multi_label=multi_label)
-                        if targets is None else np.asarray(targets))
-        shape = (n, num_classes) if multi_label else (n,)
-        self.domain = np.zeros(shape, np.int8) if domain is None else np.asarray(domain).astype(np.int8)
-        self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.weights = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
-        for name, arr in (("targets", self.targets), ("domain", self.domain),
-                          ("indices", self.indices), ("weights", self.weights)):
-            if len(arr) != n:
-                raise ValueError(f"{name} has {len(arr)} rows for {n} records")
+        self.targets, self.domain, self.indices, self.weights = sample_arrays(
+            records, num_classes, multi_label=multi_label, targets=targets, domain=domain,
+            indices=indices, weights=weights)
 
     def set_epoch(self, epoch: int) -> None:
         """Views depend on the epoch; call before iterating each epoch."""

@@ -100,6 +100,24 @@ def label_targets(records: list[Record], num_classes: int, *, multi_label: bool)
     return out
 
 
+def sample_arrays(records: list[Record], num_classes: int, *, multi_label: bool,
+                  targets: np.ndarray | None = None, domain: np.ndarray | None = None,
+                  indices: np.ndarray | None = None, weights: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(targets, domain int8, indices int64, weights float32) of N training records, each
+    defaulting as :class:`TrainDataset` documents; ValueError when a given one has other than N rows."""
+    n = len(records)
+    targets = label_targets(records, num_classes, multi_label=multi_label) if targets is None else np.asarray(targets)
+    shape = (n, num_classes) if multi_label else (n,)
+    domain = np.zeros(shape, np.int8) if domain is None else np.asarray(domain).astype(np.int8)
+    indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    weights = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
+    for name, arr in (("targets", targets), ("domain", domain), ("indices", indices), ("weights", weights)):
+        if len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} rows for {n} records")
+    return targets, domain, indices, weights
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed that differs for every (seed, epoch, index)."""
     h = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, index & 0xFFFFFFFF])
@@ -126,20 +144,12 @@ class TrainDataset(Dataset):
                  domain: np.ndarray | None = None, indices: np.ndarray | None = None,
                  weights: np.ndarray | None = None, on_bad_image: str = "skip") -> None:
         _check_policy(on_bad_image)
-        n = len(records)
         self.root, self.records, self.channels, self.size = Path(root), records, channels, size
         self.on_bad_image = on_bad_image
         self.multi_label, self.seed, self.epoch = multi_label, seed, 0
-        self.targets = (label_targets(records, num_classes, multi_label=multi_label)
-                        if targets is None else np.asarray(targets))
-        shape = (n, num_classes) if multi_label else (n,)
-        self.domain = np.zeros(shape, np.int8) if domain is None else np.asarray(domain).astype(np.int8)
-        self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.weights = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
-        for name, arr in (("targets", self.targets), ("domain", self.domain),
-                          ("indices", self.indices), ("weights", self.weights)):
-            if len(arr) != n:
-                raise ValueError(f"{name} has {len(arr)} rows for {n} records")
+        self.targets, self.domain, self.indices, self.weights = sample_arrays(
+            records, num_classes, multi_label=multi_label, targets=targets, domain=domain,
+            indices=indices, weights=weights)
         self.weak = weak_transform(size=size, channels=channels, crop=weak_crop)
         self.strong = strong_transform(size=size, channels=channels, crop=strong_crop)
 

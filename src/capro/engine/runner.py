@@ -427,7 +427,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                       "older key of the same image among its negatives; set model.queue to N/8 or less",
                       stacklevel=2)
     if info.is_main:
-        log_progress(validation.describe())
+        if validation.split != "val":  # the usual case needs no word; any other is said
+            log_progress(validation.describe())
         if validation.holdout:
             write_jsonl(run_dir / "holdout.jsonl", [{"id": r.id, "label": r.label, "reason": "held out of "
                                                      "training as the validation split (train.val_split=auto, "

@@ -31,7 +31,7 @@ from capro.data.layout import ClassInfo, Problem, Record, available_splits, read
 from capro.errors import CaproError, DataError, UsageError
 from capro.report.rundir import check_run_dir, read_rejected, resolve_data_root
 from capro.report.verdicts import SAMPLES_PATH, load_verdicts, write_verdicts
-from capro.utils.io import read_json, write_json, write_jsonl
+from capro.utils.io import read_json, read_jsonl, write_json, write_jsonl
 
 EXPORT_FORMATS = ("jsonl", "imagefolder", "csv", "parquet")
 
@@ -169,6 +169,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, format: st
         raise DataError(f"{run / SAMPLES_PATH}: {len(unknown)} ids are not in {root / 'train.jsonl'} "
                         f"(first: {sorted(unknown)[0]!r}); pass the run's dataset with --data DIR")
     rejected = read_rejected(run)
+    held_out = {r["id"] for r in read_jsonl(run / "holdout.jsonl")} if (run / "holdout.jsonl").is_file() else set()
     folders = _folder_names(classes)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +188,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, format: st
             src = root / rec.image
             if v is None:
                 reason = (f"rejected by validation: {rejected[rec.id]}" if rec.id in rejected
+                          else "held out of training as the validation split (holdout.jsonl)"
+                          if rec.id in held_out
                           else f"no verdict in {SAMPLES_PATH} (the row was not part of the run)")
                 removed.append(_removed_row("train", rec, None, root, reason, classes))
             elif v.get("removed") or v.get("label") is None:
