@@ -18,9 +18,9 @@ that plain CE has time to fit the wrong labels; prototypes from stage 2's second
 cleaning from its third."""
 
 # Simulated data and config of each demo size. The full single-label demo is the quality
-# benchmark's ``long`` size (2,000 images, 16 px, the small CNN, 10 + 110 + 2 epochs): CAPro alone
-# takes about 8 minutes on one CPU core, with ``--baseline`` about 15 (estimated from the quality
-# benchmark's per-epoch costs, BENCHMARKS.md "Status"). The multi-label and open-set
+# benchmark's ``long`` size (2,000 images, 16 px, the small CNN, 10 + 110 + 2 epochs): with
+# ``--baseline`` 4 minutes of wall time on two CPU cores (measured on a fresh clone, 2026-12-05,
+# README); CAPro alone about 2.5. The multi-label and open-set
 # scenarios keep the cpu preset's short schedule on 10,000 images at 32 px (mosaics need the
 # pixels), about 12 minutes; --quick about 2.
 DEMOS = {
@@ -49,11 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Simulate a noisy web dataset from Fashion-MNIST (DIR/data), run every CAPro "
                     "step on it (DIR/run), evaluate, and print stage-1 vs final accuracy, the "
                     "cleaning counts and the anchor precision. It trains 120 epochs, long enough "
-                    "for plain training to fit the wrong labels (--baseline shows it). About 8 "
-                    "minutes on a CPU core, 15 with --baseline; --quick about 2.")
+                    "for plain training to fit the wrong labels (--baseline shows it). About 2.5 "
+                    "minutes on two CPU cores, 4 with --baseline; --quick under 1.")
     p.add_argument("--out", metavar="DIR",
                    help="output directory (default capro-demo, capro-demo-multilabel or capro-demo-open-set)")
-    p.add_argument("--quick", action="store_true", help="a smaller dataset and a few epochs (about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="a smaller dataset and a few epochs (under a minute)")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--multilabel", action="store_true",
                       help="multi-label scenario (2x2 mosaics, NUS-WIDE-like): prints macro/micro "
