@@ -12,7 +12,7 @@ from capro.errors import DataError
 from capro.graph.enhance import enhance_text
 from capro.graph.knn import TorchKnn, normalize_rows
 from capro.graph.match import prototype_softmax, select_anchors, text_distances
-from capro.graph.offline import build_anchors, load_anchor_result
+from capro.graph.offline import build_anchors, evidence, load_anchor_result
 from capro.graph.rerank import rerank_knn
 from capro.utils.io import read_jsonl
 
@@ -39,6 +39,14 @@ def _cfg(*overrides):
     return load_config(preset="tiny", overrides=["graph.backend=torch", "match.topk=20", *overrides])
 
 
+def test_evidence_names_where_an_anchor_s_text_support_came_from():
+    assert evidence(0.05, 0.2) == "own text"  # its own text already prefers the class
+    assert evidence(-0.1, 0.2) == "neighbours"  # only the enhanced text does
+    assert evidence(None, 0.1) == "neighbours"  # no text of its own
+    assert evidence(-0.1, -0.05) == "neither"  # the text prefers another class even enhanced
+    assert evidence(0.0, 0.0) == "neither"
+
+
 def test_build_anchors_composes_the_steps(tmp_path, web):
     cfg = _cfg("match.score=distance")  # the paper's ranking
     res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
@@ -61,12 +69,18 @@ def test_build_anchors_composes_the_steps(tmp_path, web):
     assert (web["labels"][anchor] == web["true"][anchor]).mean() > (web["labels"] == web["true"]).mean() + 0.1
 
     rows = read_jsonl(tmp_path / "match/anchors.jsonl")
-    assert len(rows) == 80 and set(rows[0]) == {"id", "class", "rank", "distance", "margin", "next_class"}
-    for r in rows[:5]:  # margin: own cosine minus the best other class's, by hand
+    assert len(rows) == 80 and set(rows[0]) == {"id", "class", "rank", "distance", "margin", "next_class",
+                                                "text", "own_margin", "evidence"}
+    own_cos = normalize_rows(web["text"]) @ normalize_rows(web["protos"]).T
+    for r in rows[:5]:  # margins: class cosine minus the best other class's, by hand
         i, c = int(r["id"][1:]), int(r["class"][5:])
         others = [res.text_cosine[i, k] for k in range(C) if k != c]
         assert r["margin"] == pytest.approx(res.text_cosine[i, c] - max(others), abs=1e-5)
         assert r["next_class"] == f"class{[k for k in range(C) if k != c][int(np.argmax(others))]}"
+        own = own_cos[i, c] - max(own_cos[i, k] for k in range(C) if k != c)
+        assert r["own_margin"] == pytest.approx(own, abs=1e-5)
+        assert r["evidence"] == evidence(r["own_margin"], r["margin"])
+        assert r["text"] == web["split"].records[i].text()[:300]
     first = [r for r in rows if r["class"] == "class0"]
     assert [r["rank"] for r in first] == list(range(1, 21))
     assert all(a["distance"] <= b["distance"] for a, b in zip(first, first[1:]))

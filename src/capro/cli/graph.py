@@ -97,13 +97,13 @@ def run(args: argparse.Namespace) -> int:
     protos = _load(Path(args.prototypes or run_dir / "text" / "prototypes.npy"), "textual prototypes",
                    "run `capro text DATA --out RUN` first or pass --prototypes FILE")
     from capro.data.validate import load_split_for_run
-    from capro.engine.validation import resolve_validation
+    from capro.engine.validation import trained_split
     from capro.report.rundir import resolve_data_root
 
     root = resolve_data_root(run_dir, args.data)
     split = load_split_for_run(root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images)
-    split = resolve_validation(cfg, root, split).train  # the rows the run trained on
+    split = trained_split(split, run_dir)  # the rows the run trained on
     res = offline.build_anchors(cfg, split, features, np.asarray(texts), np.asarray(protos), run_dir,
                                 seed=cfg.seed)
     n_pos = int((res.domain > 0).sum())

@@ -51,7 +51,7 @@ from capro.engine.stages import (
     offline_clean,
     train_stage,
 )
-from capro.engine.validation import HOLDOUT, Validation, resolve_validation
+from capro.engine.validation import HOLDOUT, Validation, resolve_validation, trained_split
 from capro.errors import CaproError
 from capro.eval.noise import anchor_precision, memorisation, noise_detection, relabel_accuracy
 from capro.model.capro import CAPro
@@ -531,7 +531,7 @@ def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = No
     classes = read_classes(root)
     train = load_split_for_run(root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images, classes=classes)
-    train = resolve_validation(cfg, root, train).train  # the rows the run trained on
+    train = trained_split(train, run_dir)  # the rows the run trained on
     multi = cfg.method.multi_label if cfg.method.multi_label is not None else train.multi_label
     ctx = RunContext(cfg=cfg, data_root=root, run_dir=run_dir, dist=DistInfo(0, 1, 0, dev),
                      classes=classes, train=train, multi_label=multi)

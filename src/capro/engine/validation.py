@@ -81,3 +81,15 @@ def resolve_validation(cfg, data_root: str | os.PathLike, train: Split) -> Valid
     keep = np.setdiff1d(np.arange(len(train.records)), held)
     return Validation(HOLDOUT, dataclasses.replace(train, records=[train.records[i] for i in keep]),
                       [train.records[i] for i in held])
+
+
+def trained_split(train: Split, run_dir: str | os.PathLike) -> Split:
+    """``train`` without the rows a finished run held out (``RUN/holdout.jsonl``): the rows its
+    stages trained on, for the commands that pick a run up later."""
+    from capro.utils.io import read_jsonl
+
+    path = Path(run_dir) / "holdout.jsonl"
+    if not path.is_file():
+        return train
+    held = {r["id"] for r in read_jsonl(path)}
+    return dataclasses.replace(train, records=[r for r in train.records if r.id not in held])

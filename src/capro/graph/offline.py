@@ -256,7 +256,9 @@ def build_anchors(cfg: Config, split: Split, features: np.ndarray, text_emb: np.
                                     seed=seed, class_names=names)
         write_jsonl(match_dir(run_dir) / "anchors.jsonl",
                     anchor_rows(split, domain, dist, labels, names, cos=out["text_cosine"],
-                                key=None if m.score == "distance" else key))
+                                key=None if m.score == "distance" else key,
+                                own_cos=text_cosine(text_emb, prototypes),
+                                text_fields=cfg.data.text_fields))
         return {"domain": domain}
 
     res = _cached(match_dir(run_dir), "anchors", fp, ("domain",), compute,
@@ -302,14 +304,39 @@ def score_rows(split: Split, labels: np.ndarray, dist: np.ndarray, cos: np.ndarr
                "top_cosines": [round(float(cos[i, c]), 6) for c in best[i]]}
 
 
+def _margin(cos_row: np.ndarray, c: int, carried: np.ndarray | int) -> tuple[float | None, int | None]:
+    """(cosine to class c minus the best cosine to a class not carried, that class)."""
+    other = cos_row.astype(np.float64)
+    other[carried] = -np.inf
+    if not np.isfinite(other).any():
+        return None, None
+    nxt = int(np.argmax(other))
+    return _num(cos_row[c] - other[nxt]), nxt
+
+
+def evidence(own_margin: float | None, margin: float | None) -> str:
+    """Where an anchor's evidence came from: ``own text`` (its own text already prefers the
+    class), ``neighbours`` (only the enhanced text, smoothed over its visual neighbours, does more
+    than its own), or ``neither`` (its text prefers another class even after enhancement)."""
+    if own_margin is not None and own_margin > 0:
+        return "own text"
+    if margin is not None and (own_margin is None or margin > own_margin) and margin > 0:
+        return "neighbours"
+    return "neither"
+
+
 def anchor_rows(split: Split, domain: np.ndarray, dist: np.ndarray, labels: np.ndarray,
-                names: list[str], *, cos: np.ndarray | None = None, key: np.ndarray | None = None):
+                names: list[str], *, cos: np.ndarray | None = None, key: np.ndarray | None = None,
+                own_cos: np.ndarray | None = None, text_fields: tuple[str, ...] | list[str] | None = None,
+                max_chars: int = 300):
     """One row per anchor, class by class; ``rank`` 1 = first chosen (positives: the lowest
     ranking key) or farthest (negatives). ``key``: the ranking key when it is not the distance
     (``match.score=softmax``: the row's ``score`` is 1 - key). With ``cos`` [N, C] each row also
-    carries ``margin``, its text's cosine to the class's prototype minus the best cosine to a
-    class it does not carry, and ``next_class``, that class: a small or negative margin marks a
-    text that fits another class as well."""
+    carries ``margin``, its (enhanced) text's cosine to the class's prototype minus the best
+    cosine to a class it does not carry, and ``next_class``, that class: a small or negative
+    margin marks a text that fits another class as well. With ``own_cos`` [N, C], the cosines of
+    the samples' own texts, each row adds ``text`` (its own web text, cut to ``max_chars``),
+    ``own_margin`` and ``evidence`` (:func:`evidence`)."""
     ids = [r.id for r in split.records]
     multi = domain.ndim == 2
     web = labels.astype(bool) if multi else None
@@ -329,12 +356,16 @@ def anchor_rows(split: Split, domain: np.ndarray, dist: np.ndarray, labels: np.n
                 row = {"id": ids[i], "class": name, "rank": rank, "distance": _num(col_dist[i])}
                 if key is not None:
                     row["score"] = _num(1.0 - k[j])
+                carried = web[i] if multi else c
+                margin = None
                 if cos is not None:
-                    other = cos[i].astype(np.float64)
-                    other[web[i] if multi else c] = -np.inf
-                    if np.isfinite(other).any():
-                        nxt = int(np.argmax(other))
-                        row.update(margin=_num(cos[i, c] - other[nxt]), next_class=names[nxt])
+                    margin, nxt = _margin(cos[i], c, carried)
+                    if nxt is not None:
+                        row.update(margin=margin, next_class=names[nxt])
+                if own_cos is not None:
+                    own, _ = _margin(own_cos[i], c, carried)
+                    text = split.records[i].text(tuple(text_fields)) if text_fields else split.records[i].text()
+                    row.update(text=text[:max_chars], own_margin=own, evidence=evidence(own, margin))
                 if multi:
                     row["polarity"] = polarity
                 yield row
