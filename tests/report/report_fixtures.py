@@ -126,7 +126,10 @@ def build_run(root: Path) -> SyntheticRun:
     anchors = []
     for rid, (web, _, _, _, anc, _) in TRAIN.items():
         if anc:
-            anchors.append({"id": rid, "class": web, "rank": ranks.get(web, 0), "distance": 0.2 + 0.1 * ranks.get(web, 0)})
+            r = ranks.get(web, 0)
+            anchors.append({"id": rid, "class": web, "rank": r, "distance": 0.2 + 0.1 * r,
+                            "margin": round(0.25 - 0.4 * r, 3), "next_class": B if web != B else A,
+                            "evidence": "own text" if r == 0 else "neighbours"})
             ranks[web] = ranks.get(web, 0) + 1
     write_jsonl(run / "match" / "anchors.jsonl", anchors)
     write_jsonl(run / "text" / "concepts.jsonl", [

@@ -76,9 +76,10 @@ def test_every_image_is_an_embedded_png(built):
             assert im.format == "PNG" and min(im.size) > 0
     alts = {i["alt"] for i in parsed.imgs}
     assert {"training curves", "confusion matrix (test)", "cleaning per class", "label quality histogram"} <= alts
-    # samples: per class its 2 anchors and its 5 suspicious samples (8 allowed, 5 web samples per class)
+    # samples: per class its 2 anchors (best match first, then lowest margin first) and its 5
+    # suspicious samples (8 allowed, 5 web samples per class)
     thumbs = [i for i in parsed.imgs if i["section"] == "samples"]
-    assert len(thumbs) == 3 * (2 + 5)
+    assert len(thumbs) == 3 * (2 + 2 + 5)
 
 
 def test_no_external_resource_or_url(built):
@@ -102,6 +103,16 @@ def test_sections_show_the_run(built):
     assert "15 nodes × 4 neighbours" in t["graph"] and "lab.find_issues(" in t["graph"]
     assert "none (out of distribution)" in t["samples"]  # t03's truth
     assert "Not available" not in "".join(t.values())
+
+
+def test_lowest_margin_anchors_come_first_with_their_next_class_and_evidence(built):
+    samples = built[2].section_text["samples"]
+    first_class = samples.split("Most suspicious")[0]
+    assert "Lowest-margin anchors" in first_class
+    weak = first_class.split("Lowest-margin anchors")[1]
+    # class A's two anchors: rank 1 (margin -0.150, neighbours) before rank 0 (+0.250, own text)
+    assert weak.index("margin -0.150") < weak.index("margin +0.250")
+    assert f"next: {B}" in weak and "evidence: neighbours" in weak and "evidence: own text" in weak
 
 
 def test_class_table_matches_hand_counts(synthetic_run):
@@ -174,7 +185,7 @@ def test_link_to_the_graph_is_relative_to_the_report(synthetic_run, tmp_path):
     parsed = _sections(out)
     (href,) = [link for link in parsed.links if link.endswith("knn_graph.npz")]
     assert (out.parent / href).resolve() == (synthetic_run.run / "graph" / "knn_graph.npz").resolve()
-    assert len([i for i in parsed.imgs if i["section"] == "samples"]) == 3 * 2
+    assert len([i for i in parsed.imgs if i["section"] == "samples"]) == 3 * 3  # 1 of each strip
     assert REJECTED not in parsed.section_text["samples"]
     assert os.stat(out).st_size > 0
 

@@ -376,6 +376,16 @@ def _thumb(v: RunView, verdict: dict | None, sample_id: str, extra: str) -> str:
     return '<div class="thumb">' + "".join(lines) + "</div>"
 
 
+def _anchor_caption(a: dict) -> str:
+    """Margin, the class the text fits next, and where the evidence came from."""
+    parts = [f'margin {a["margin"]:+.3f}']
+    if a.get("next_class"):
+        parts.append(f'next: {_e(a["next_class"])}')
+    if a.get("evidence"):
+        parts.append(f'evidence: {_e(a["evidence"])}')
+    return "<div>" + " · ".join(parts) + "</div>"
+
+
 def _samples(v: RunView, *, per_class: int, max_classes: int) -> str:
     if v.verdicts is None:
         return _na(v.verdict_note)
@@ -410,6 +420,13 @@ def _samples(v: RunView, *, per_class: int, max_classes: int) -> str:
                        f'<div>text distance {a["distance"]:.3f}</div>' if isinstance(a.get("distance"), float | int) else "")
                 for a in top]
         out.append("</div>" if top else '<span class="na">none</span></div>')
+        weak = sorted((a for a in anchors[n] if isinstance(a.get("margin"), float | int)),
+                      key=lambda a: a["margin"])[:per_class]
+        if weak:
+            out.append("<div>Lowest-margin anchors (their text fits another class almost as well; "
+                       "audit these first)</div><div class=thumbs>")
+            out += [_thumb(v, by_id.get(a["id"]), str(a["id"]), _anchor_caption(a)) for a in weak]
+            out.append("</div>")
         worst = sorted(suspicious[n], key=lambda x: (x.get("label_quality") is None, x.get("label_quality") or 0.0))[:per_class]
         out.append("<div>Most suspicious (lowest label quality)</div><div class=thumbs>")
         out += [_thumb(v, x, str(x["id"]), "") for x in worst]
