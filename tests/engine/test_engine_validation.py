@@ -10,7 +10,7 @@ import pytest
 from capro.config import load_config
 from capro.data.layout import Record, Split, read_split
 from capro.engine.runner import run_pipeline
-from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation
+from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation, trained_split
 from capro.report.export import export_run
 from capro.utils.io import read_jsonl
 
@@ -72,6 +72,10 @@ def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_
     best = max(range(len(rows)), key=lambda i: (float(rows[i]["holdout_top1"]), -i))
     assert metrics["stages"]["stage1"]["kept_epoch"] == best
     assert "selecting epochs on 20 training rows held out" in capsys.readouterr().err
+    # later commands (capro clean, capro graph match) pick up the rows the run trained on
+    rest = trained_split(read_split(no_val_data, "train"), run)
+    assert len(rest) == 180 and not {r["id"] for r in held} & {r.id for r in rest.records}
+    assert trained_split(read_split(no_val_data, "train"), tmp_path).records == read_split(no_val_data, "train").records
     # the cleaned dataset says why the held-out rows are not in it
     out = tmp_path / "export"
     export_run(run, out, format="jsonl")
