@@ -27,29 +27,39 @@ from capro.data.layout import Record
 
 
 class StoredImages:
-    """uint8 images [ch, S, S] of ``records`` by position: from ``store``, or decoded on demand."""
+    """uint8 images [ch, S, S] of ``records`` by position: from ``store``, or decoded on demand.
+
+    ``rows`` maps each record to its row of ``store`` (None: record i is row i), so a subset
+    (:meth:`subset`) reads the same store, in RAM or memory-mapped, without copying it.
+    """
 
     def __init__(self, root: str | os.PathLike, records: list[Record], *, channels: int, side: int,
-                 store: ImageStore | None = None) -> None:
-        if store is not None and store.images.shape[0] != len(records):
-            raise ValueError(f"store has {store.images.shape[0]} images for {len(records)} records")
+                 store: ImageStore | None = None, rows: np.ndarray | None = None) -> None:
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if store is not None:
+            n = store.images.shape[0] if self.rows is None else len(self.rows)
+            if n != len(records):
+                raise ValueError(f"store has {n} images for {len(records)} records")
         self.root, self.records, self.channels, self.side, self.store = Path(root), records, channels, side, store
 
     @property
     def in_memory(self) -> bool:
+        """Whether images come from a store (a fancy index) rather than from decoding files."""
         return self.store is not None
 
     def fetch(self, positions: np.ndarray, policy: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(raw [B, ch, S, S] uint8, valid [B] bool, reasons [B]); ``policy`` ``stop`` raises
         :class:`BadImageError` for the first unreadable image instead."""
         if self.store is not None:
-            raw = np.asarray(self.store.images[np.sort(positions)])
-            raw = raw[np.argsort(np.argsort(positions))]  # memmaps read fastest in order
-            reasons = [self.store.reasons[p] for p in positions]
+            rows = positions if self.rows is None else self.rows[positions]
+            order = np.argsort(rows, kind="stable")  # a memmap reads fastest in row order
+            raw = np.empty((len(rows), self.channels, self.side, self.side), np.uint8)
+            raw[order] = self.store.images[rows[order]]
+            reasons = [self.store.reasons[r] for r in rows]
             if policy == "stop":
-                for p, why in zip(positions, reasons):
+                for r, why in zip(rows, reasons):
                     if why:
-                        raise BadImageError(self.store.messages[p], why)
+                        raise BadImageError(self.store.messages[r], why)
         else:
             raw = np.zeros((len(positions), self.channels, self.side, self.side), np.uint8)
             reasons = [""] * len(positions)
@@ -61,16 +71,16 @@ class StoredImages:
                         raise
                     reasons[j] = exc.reason
         valid = torch.tensor([not r for r in reasons], dtype=torch.bool)
-        return torch.from_numpy(np.ascontiguousarray(raw)), valid, reasons
+        return torch.from_numpy(raw), valid, reasons
 
     def subset(self, positions: np.ndarray) -> StoredImages:
-        """The images of ``records[positions]`` (shares the store's array when it is in RAM)."""
+        """The images of ``records[positions]``, reading the same store (nothing is copied)."""
+        positions = np.asarray(positions, dtype=np.int64)
         recs = [self.records[p] for p in positions]
         if self.store is None:
             return StoredImages(self.root, recs, channels=self.channels, side=self.side)
-        sub = ImageStore(self.store.images[positions], [self.store.reasons[p] for p in positions],
-                         [self.store.messages[p] for p in positions] if self.store.messages else [])
-        return StoredImages(self.root, recs, channels=self.channels, side=self.side, store=sub)
+        rows = positions if self.rows is None else self.rows[positions]
+        return StoredImages(self.root, recs, channels=self.channels, side=self.side, store=self.store, rows=rows)
 
 
 def _positions(key) -> np.ndarray:

@@ -87,12 +87,11 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | N
         "data": {k: v for k, v in d("data").items() if k not in ("workers", "check_images", "skip_bad", "cache", "cache_ram_mb",
                                                                     "cache_disk_gb")},
         "model": d("model"), "method": d("method"),
-        "train": {k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch",
-                                                     "keep", "val_split", "val_every")},
+        # val_split as resolved (``auto`` with val.jsonl is ``val``, the fingerprint it had before
+        # the key took ``auto``); a held-out split adds how it was drawn
+        "train": {**{k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch",
+                                                        "keep", "val_every")}, "val_split": val_split or "none"},
     }
-    # the split that selects, as resolved (``auto`` with val.jsonl is ``val``, as before the key
-    # took ``auto``); a held-out split adds how it was drawn
-    base["train"]["val_split"] = val_split or "none"
     if val_split == HOLDOUT:
         base["train"].update(holdout=cfg.train.holdout, holdout_max=cfg.train.holdout_max)
     fps = {"stage1": fingerprint({"base": base, "stage": d("stage1")})}

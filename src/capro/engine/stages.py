@@ -127,6 +127,8 @@ class RunContext:
         ``records`` (a subset) comes with ``indices``, their positions in the training split."""
         cfg = self.cfg
         records = kwargs.pop("records", self.train.records)
+        if records is not self.train.records and kwargs.get("indices") is None:
+            raise ValueError("a subset of the training split needs its indices in the split")
         if cfg.data.augment == "batch":
             images = self.stored_images()
             if kwargs.get("indices") is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from capro.data.layout import Record, Split, available_splits
+from capro.utils.io import read_jsonl
 
 HOLDOUT = "holdout"
 
@@ -86,8 +87,6 @@ def resolve_validation(cfg, data_root: str | os.PathLike, train: Split) -> Valid
 def trained_split(train: Split, run_dir: str | os.PathLike) -> Split:
     """``train`` without the rows a finished run held out (``RUN/holdout.jsonl``): the rows its
     stages trained on, for the commands that pick a run up later."""
-    from capro.utils.io import read_jsonl
-
     path = Path(run_dir) / "holdout.jsonl"
     if not path.is_file():
         return train
