@@ -106,7 +106,11 @@ class NoiseProfile:
     ``text_mismatch`` are fractions of the training set; ``query_mention`` and ``junk`` are
     fractions of the present (non-missing) texts; ``tag_drop`` is the fraction of true labels
     dropped from the web tags and ``tag_add`` the fraction of images given a spurious tag
-    (multi-label only).
+    (multi-label only). Single-label only: ``overlap`` is the fraction showing the query's
+    overlapping class (:func:`overlap_partners`) under a text that is about what it shows and
+    names the query, as a page about a T-shirt found by "shirt" does; ``size_ratio`` is the
+    smallest query class's size over the largest's (1 = balanced; sizes in between are
+    geometric, assigned to the classes in a seeded order).
     """
 
     semantic: float
@@ -119,6 +123,8 @@ class NoiseProfile:
     unseen: float = 0.0
     tag_drop: float = 0.0
     tag_add: float = 0.0
+    overlap: float = 0.0
+    size_ratio: float = 1.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` when a rate is outside [0, 1] or shares add up past 1."""
@@ -126,8 +132,11 @@ class NoiseProfile:
             v = getattr(self, f.name)
             if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"noise rate {f.name}={v!r} must be a number in [0, 1]")
-        if self.semantic + self.uniform + self.outlier + self.unseen > 1.0 + 1e-9:
-            raise ConfigError("noise rates semantic + uniform + outlier + unseen add up past 1; lower them")
+        if self.size_ratio <= 0.0:
+            raise ConfigError(f"size_ratio={self.size_ratio!r} must be above 0 (1 = equal class sizes)")
+        if self.semantic + self.uniform + self.outlier + self.unseen + self.overlap > 1.0 + 1e-9:
+            raise ConfigError("noise rates semantic + uniform + outlier + unseen + overlap add up past 1; "
+                              "lower them")
         if self.text_missing + self.text_mismatch > 1.0 + 1e-9:
             raise ConfigError("text rates text_missing + text_mismatch add up past 1; lower them")
 
@@ -153,6 +162,11 @@ PROFILES: dict[str, NoiseProfile] = {
                         query_mention=0.6, junk=0.5, unseen=0.07, tag_drop=0.2, tag_add=0.15),
     "hard": NoiseProfile(semantic=0.28, uniform=0.12, outlier=0.10, text_missing=0.40, text_mismatch=0.20,
                          query_mention=0.7, junk=0.6, unseen=0.10, tag_drop=0.3, tag_add=0.3),
+    # ``hard``'s label-noise total, part of it from overlapping concepts, over classes of unequal,
+    # small size (the largest six times the smallest): a new profile, so ``hard``'s tables stand.
+    "uneven": NoiseProfile(semantic=0.20, uniform=0.12, outlier=0.10, text_missing=0.40, text_mismatch=0.20,
+                           query_mention=0.7, junk=0.6, unseen=0.10, tag_drop=0.3, tag_add=0.3,
+                           overlap=0.08, size_ratio=1 / 6),
 }
 
 #: Row q: where the semantic noise of query q comes from (true-class probabilities, zero diagonal).
@@ -250,6 +264,45 @@ def balanced(n: int, k: int) -> np.ndarray:
     return np.full(k, n // k) + (np.arange(k) < n % k)
 
 
+def class_sizes(n: int, k: int, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` split over ``k`` classes with sizes from ``ratio * largest`` to the largest.
+
+    ``ratio`` 1 is :func:`balanced` (no draw from ``rng``). Otherwise the sizes are geometric,
+    ``ratio ** (i / (k - 1))`` scaled to sum to ``n`` (largest-remainder rounding, at least one
+    each), assigned to the classes in a seeded random order.
+    """
+    if ratio >= 1.0 or k < 2:
+        return balanced(n, k)
+    shares = ratio ** (np.arange(k) / (k - 1))
+    want = shares / shares.sum() * n
+    sizes = np.maximum(np.floor(want).astype(int), 1)
+    rest = n - sizes.sum()
+    if rest > 0:
+        sizes[np.argsort(-(want - sizes), kind="stable")[:rest]] += 1
+    while sizes.sum() > n:  # the floor of one lifted a size: take it back from the largest
+        sizes[np.argmax(sizes)] -= 1
+    return sizes[rng.permutation(k)]
+
+
+def overlap_partners(setting: _Setting) -> np.ndarray:
+    """[C] the class whose images a query's crawl also finds under an overlapping concept.
+
+    Class j is q's partner when j's WordNet synset is a hyponym or hypernym of q's (Fashion-MNIST:
+    Shirt and T-shirt/top); a class without one takes its first look-alike in the confusion table.
+    """
+    syns = [synset_of(c) for c in setting.classes]
+    out = np.argmax(setting.confusion, axis=1)
+    for q, sq in enumerate(syns):
+        if sq is None:
+            continue
+        near = {s.name() for s in sq.closure(lambda s: s.hyponyms(), depth=2)}
+        near |= {s.name() for s in sq.hypernyms()}
+        hits = [j for j, sj in enumerate(syns) if j != q and sj is not None and sj.name() in near]
+        if hits:
+            out[q] = hits[0]
+    return out
+
+
 def draw(pool: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     """``m`` items of ``pool``, without repeats until the pool is used up (then it is reshuffled)."""
     if m <= 0 or len(pool) == 0:
@@ -299,20 +352,26 @@ def _class_pools(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
 
 
 def _plan_single(prof: NoiseProfile, n_train: int, known: int, confusion: np.ndarray,
-                 rng: np.random.Generator) -> list[dict[str, Any]]:
+                 rng: np.random.Generator, partners: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Per training sample: query, noise kind, true source class (or None for outliers)."""
     n_all = len(confusion)
     allowed = np.zeros(n_all, dtype=bool)
     allowed[:known] = True
     unseen_rate = prof.unseen if known < n_all else 0.0
-    kinds = ("clean", *LABEL_KINDS)
+    kinds = ("clean", *LABEL_KINDS, "overlap")
+    rates = [prof.semantic, prof.uniform, prof.outlier, unseen_rate]
+    if prof.overlap > 0:  # only then, so that the other profiles draw exactly as before
+        rates.append(prof.overlap)
     plan: list[dict[str, Any]] = []
-    for q, n_q in enumerate(balanced(n_train, known)):
-        codes = allocate(int(n_q), [prof.semantic, prof.uniform, prof.outlier, unseen_rate], rng)
+    for q, n_q in enumerate(class_sizes(n_train, known, prof.size_ratio, rng)):
+        codes = allocate(int(n_q), rates, rng)
         for code in codes:
             kind = kinds[code]
             if kind == "clean":
                 true = q
+            elif kind == "overlap":
+                true = int(partners[q]) if partners is not None and partners[q] < known else int(
+                    rng.choice(n_all, p=_confusion_row(confusion, q, allowed)))
             elif kind == "semantic":
                 true = int(rng.choice(n_all, p=_confusion_row(confusion, q, allowed)))
             elif kind == "uniform":
@@ -396,6 +455,8 @@ def _add_text(plan: list[dict[str, Any]], prof: NoiseProfile, setting: _Setting,
     n_cls, vocab, names = len(setting.classes), setting.vocab, setting.names
     for i, p in enumerate(plan):
         kind = ("true", "mismatch", "missing")[codes[i]]
+        if p.get("noise") == "overlap":  # about what it shows, and names the query
+            kind, mention[i] = "true", True
         p["text"], p["query_mention"], p["junk"] = kind, bool(mention[i]), bool(junk[i])
         if kind == "missing":
             p["text_about"], p["fields"] = None, empty_text()
@@ -460,6 +521,8 @@ def summarise(truth: list[dict[str, Any]], train: list[dict[str, Any]], *, multi
                 per_class.setdefault(name, Counter())["web"] += 1
     else:
         rates.update({k: noise[k] / n for k in ("clean", "semantic", "uniform", "outlier", "unseen_class")})
+        if noise["overlap"]:
+            rates["overlap"] = noise["overlap"] / n
         rates["label_noise"] = 1.0 - rates["clean"]
         for t, r in zip(truth, train):
             per_class.setdefault(r["label"], Counter())[t["noise"]] += 1
@@ -485,7 +548,9 @@ def targets(prof: NoiseProfile, *, multilabel: bool, open_set: bool) -> dict[str
         unseen = prof.unseen if open_set else 0.0
         out.update({"semantic": prof.semantic, "uniform": prof.uniform, "outlier": prof.outlier,
                     "unseen_class": unseen,
-                    "label_noise": prof.semantic + prof.uniform + prof.outlier + unseen})
+                    "label_noise": prof.semantic + prof.uniform + prof.outlier + unseen + prof.overlap})
+        if prof.overlap:
+            out["overlap"] = prof.overlap
         out["clean"] = 1.0 - out["label_noise"]
     return {k: round(v, 6) for k, v in out.items()}
 
@@ -607,7 +672,8 @@ def simulate(out: str | Path, *, profile: str | NoiseProfile = "web", train_size
         plan = _plan_multi(prof, train_size, setting.confusion, rng_label)
         need = Counter(c for p in plan for c in p["tiles"] if c is not None)
     else:
-        plan = _plan_single(prof, train_size, known, setting.confusion, rng_label)
+        plan = _plan_single(prof, train_size, known, setting.confusion, rng_label,
+                            overlap_partners(setting) if prof.overlap > 0 else None)
         plan = [plan[i] for i in rng_label.permutation(len(plan))]  # a crawl's rows are not sorted
         need = Counter(p["true"] for p in plan if p["true"] is not None)
     picks = {c: list(draw(pools[c], need[c], rng_image)) for c in range(n_all)}
