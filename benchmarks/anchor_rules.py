@@ -29,14 +29,25 @@ import argparse
 import os
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SIZES, Size, row_overrides  # noqa: E402
+from common import RESULTS, SIZES, Size, machine_info, row_overrides  # noqa: E402
 from quality import ensure_data, log  # noqa: E402
 
+from capro.config import load_config  # noqa: E402
+from capro.graph.enhance import enhance_text  # noqa: E402
+from capro.graph.match import (  # noqa: E402
+    anchor_ranking,
+    select_anchors,
+    text_cosine,
+    text_distances,
+    text_margins,
+)
 from capro.utils.io import read_json, read_jsonl, write_json  # noqa: E402
 
 DEFAULT_WORK = Path(os.environ.get("CAPRO_BENCH_WORK", "/tmp/capro-bench")) / "anchor-rules"
@@ -73,9 +84,89 @@ def prepare(work: Path, profile: str, seed: int, tag: str) -> Path:
     run = run_dir(work, profile, seed, tag)
     over = run_overrides(tag, seed)
     log(f"{profile} seed {seed} {tag}: stage 1 and the offline steps into {run}")
-    capro("train", str(data), "--out", str(run), "--until", "stage1", "--preset", "cpu", *over)
-    capro("graph", str(run), "match", "--preset", "cpu", *over)
+    # one stage-2 epoch and no stage 3: the anchors are built, nothing after them is spent on
+    capro("run", str(data), "--out", str(run), "--preset", "cpu", *over, "stage2.epochs=1", "stage3.epochs=0")
     return run
+
+
+TEXTS: dict[str, float | str] = {"raw": "raw", "enhanced": 0.0, "mixed25": 0.25, "mixed50": 0.5,
+                                 "fill": "fill"}
+"""Text variant -> ``graph.self_weight`` (``raw``: no smoothing; ``fill``: the own text where it
+is present, the enhanced one where it is empty)."""
+FLOORS = (0.0, 0.05, 0.1, 0.15)
+TOPK = 50
+MIN_ANCHORS = 5
+
+
+def _texts(run: Path, cfg, rows: list[dict]) -> dict[str, np.ndarray]:
+    raw = np.load(run / "text" / "texts.npy").astype(np.float32)
+    ids, dist = np.load(run / "graph" / "rerank_ids.npy"), np.load(run / "graph" / "rerank_dist.npy")
+    empty = np.array([not " ".join(str(r.get(f) or "") for f in cfg.data.text_fields).strip() for r in rows])
+    out = {}
+    for name, w in TEXTS.items():
+        if w == "raw":
+            out[name] = raw
+        elif w == "fill":
+            enh, _ = enhance_text(ids, dist, raw, keep=cfg.graph.keep, edge_weight=cfg.graph.edge_weight)
+            out[name] = np.where(empty[:, None], enh, raw)
+        else:
+            out[name], _ = enhance_text(ids, dist, raw, keep=cfg.graph.keep, edge_weight=cfg.graph.edge_weight,
+                                        self_weight=float(w))
+    return out
+
+
+def _score(domain: np.ndarray, web: np.ndarray, true: np.ndarray, num_classes: int) -> dict[str, float]:
+    at = np.flatnonzero(domain > 0)
+    per = [int((domain[web == c] > 0).sum()) for c in range(num_classes)]
+    return {"precision": float(np.mean(true[at] == web[at])), "anchors": int(len(at)),
+            "min_per_class": int(min(per)), "max_per_class": int(max(per))}
+
+
+def score_run(run: Path) -> dict:
+    """Every rule x text variant on one prepared run: precision and count of the anchors."""
+    cfg = load_config(run / "config.yaml")
+    data = Path(read_json(run / "run.json")["data"])
+    names = [c["name"] for c in read_json(data / "classes.json")]
+    index = {n: i for i, n in enumerate(names)}
+    rows = read_jsonl(data / "train.jsonl")
+    truth = {t["id"]: t for t in read_jsonl(data / "truth.jsonl")}
+    web = np.array([index[r["label"]] for r in rows])
+    true = np.array([index.get(truth[r["id"]]["true_label"] or "", -1) for r in rows])
+    protos = np.load(run / "text" / "prototypes.npy")
+    g = cfg.graph
+    res: dict = {"n_train": len(rows), "noise_rate": float(np.mean(true != web)),
+                 "class_sizes": [int((web == c).sum()) for c in range(len(names))], "rules": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the small-class and weak-evidence warnings, by design here
+        for tname, text in _texts(run, cfg, rows).items():
+            cos = text_cosine(text, protos)
+            dist = text_distances(text, protos, web, method="rerank", k1=g.k1, k2=g.k2, lam=g.lam)
+            soft = anchor_ranking(dist, cos, web, score="softmax", temperature=cfg.match.temperature)
+            margin, _ = text_margins(cos, web)
+            rules = {"paper": (dist, None), "d13": (soft, None)}
+            rules.update({f"d13+floor{f:g}": (soft, margin >= f) for f in FLOORS})
+            for rname, (key, eligible) in rules.items():
+                domain = select_anchors(key, web, num_classes=len(names), topk=TOPK, eligible=eligible,
+                                        min_anchors=MIN_ANCHORS)
+                res["rules"][f"{rname}/{tname}"] = _score(domain, web, true, len(names))
+    return res
+
+
+def score_and_save(work: Path, profile: str, seed: int, tag: str) -> None:
+    run = run_dir(work, profile, seed, tag)
+    if not (run / "graph" / "rerank_ids.npy").is_file():
+        log(f"{run}: not prepared; run `prepare` first")
+        return
+    res = score_run(run)
+    all_res = read_json(OUT) if OUT.is_file() else {}
+    all_res[f"{profile}_seed{seed}_{tag}"] = {"profile": profile, "seed": seed, "size": tag, **res,
+                                              "topk": TOPK, "min_anchors": MIN_ANCHORS,
+                                              "commit": machine_info().get("commit"),
+                                              "date": time.strftime("%Y-%m-%d")}
+    write_json(OUT, dict(sorted(all_res.items())))
+    best = ", ".join(f"{k} {100 * v['precision']:.1f} ({v['anchors']})" for k, v in res["rules"].items()
+                     if k.endswith("/enhanced") or k.endswith("/raw"))
+    log(f"{profile} seed {seed} {tag}: {best}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +185,6 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     score_and_save(args.work, profile, seed, tag)
     return 0
-
-
-def score_and_save(work: Path, profile: str, seed: int, tag: str) -> None:
-    raise NotImplementedError  # filled in below once the rules exist
 
 
 if __name__ == "__main__":

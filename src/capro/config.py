@@ -89,6 +89,9 @@ class GraphConfig:
     """Smooth each sample's text over its visual neighbours (False = the no-enhance ablation)."""
     edge_weight: str = "similarity"
     """``similarity`` (clip(1 - d_RR, 0, 1), decision D2) or ``distance`` (as released)."""
+    self_weight: float = 0.0
+    """Weight of a sample's own text in its enhanced text, the rest from its visual neighbours
+    (0 = the paper: neighbours only; 1 = no smoothing)."""
     chunk_size: int = 8192
     """Query rows per chunk in the kNN search (bounds memory)."""
 
@@ -111,6 +114,14 @@ class MatchConfig:
     demos keep it, the margin-aware ranking is not measured on multi-label data)."""
     temperature: float = 0.05
     """Temperature of ``match.score=softmax``."""
+    min_margin: float | None = None
+    """Anchors by evidence (D16): only a sample whose (enhanced) text's cosine to its web label's
+    textual prototype exceeds its best cosine to a class it does not carry by at least this much
+    may become an anchor; ``topk`` is then a cap. Multi-label negative anchors need the opposite
+    evidence (a margin of at most ``-min_margin``). ``null``: the paper's fixed top-K."""
+    min_anchors: int = 5
+    """With ``min_margin``: a class with fewer texts that clear it still gets this many anchors
+    (its best-ranked texts, with a warning naming it), so that its prototype can start."""
 
 
 @dataclass
@@ -534,8 +545,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "data.strong_crop": _within(0, 1, open_low=True), "data.weak_crop": _within(0, 1, open_low=True),
     "text.batch_size": _at_least(1), "text.chunk_size": _at_least(1), "text.max_chars": _at_least(0),
     "graph.k": _at_least(2), "graph.keep": _at_least(1), "graph.k1": _at_least(1), "graph.k2": _at_least(1),
-    "graph.lam": _within(0, 1), "graph.chunk_size": _at_least(1),
-    "match.topk": _at_least(1), "match.temperature": _above(0),
+    "graph.lam": _within(0, 1), "graph.chunk_size": _at_least(1), "graph.self_weight": _within(0, 1),
+    "match.topk": _at_least(1), "match.temperature": _above(0), "match.min_margin": _within(-2, 2),
+    "match.min_anchors": _at_least(0),
     "model.low_dim": _at_least(1), "model.queue": _at_least(1), "model.moco_m": _within(0, 1),
     "model.proto_m": _within(0, 1), "model.temperature": _above(0),
     "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),

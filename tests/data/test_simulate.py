@@ -16,6 +16,8 @@ from capro.data.simulate import (
     PROFILES,
     NoiseProfile,
     allocate,
+    balanced,
+    class_sizes,
     render,
     simulate,
     summarise,
@@ -318,3 +320,36 @@ def test_wordnet_confusion_without_wnids_uses_shared_words():
 
     conf = wordnet_confusion([ClassInfo("red car"), ClassInfo("blue car"), ClassInfo("dog")])
     np.testing.assert_allclose(conf, [[0, 1, 0], [1, 0, 0], [0.5, 0.5, 0]])
+
+
+def test_class_sizes_are_geometric_and_sum_to_n():
+    sizes = class_sizes(2000, 10, 1 / 6, np.random.default_rng(0))
+    assert sizes.sum() == 2000 and sizes.dtype.kind == "i"
+    s = np.sort(sizes)
+    # geometric from ratio * largest to the largest: each step the same factor 6 ** (1 / 9)
+    np.testing.assert_allclose(s[-1] / s[0], 6, rtol=0.05)
+    np.testing.assert_allclose(s[1:] / s[:-1], 6 ** (1 / 9), rtol=0.05)
+    np.testing.assert_array_equal(class_sizes(2003, 10, 1.0, np.random.default_rng(0)), balanced(2003, 10))
+
+
+def test_uneven_profile_overlapping_concepts_and_unequal_classes(tmp_path):
+    out = tmp_path / "uneven"
+    summary = simulate(out, profile="uneven", train_size=1000, val_size=50, test_size=50, seed=1,
+                       progress=False)
+    counts = {name: c["queries"] for name, c in summary["per_class"].items() if "queries" in c}
+    assert sum(counts.values()) == 1000 and max(counts.values()) > 4 * min(counts.values())
+    assert abs(summary["rates"]["overlap"] - 0.08) < 0.01
+    rows = {r["id"]: r for r in read_jsonl(out / "train.jsonl")}
+    overlap = [t for t in read_jsonl(out / "truth.jsonl") if t["noise"] == "overlap"]
+    partners = {"Shirt": "T-shirt/top", "T-shirt/top": "Shirt", "Sandal": "Sneaker"}
+    for t in overlap:
+        web = rows[t["id"]]["label"]
+        # it shows the partner class, its text is about what it shows and names the query
+        assert t["text"] == "true" and t["query_mention"] and t["text_about"] == t["true_label"]
+        if web in partners:
+            assert t["true_label"] == partners[web]
+    assert {rows[t["id"]]["label"] for t in overlap} >= {"Shirt", "T-shirt/top"}
+    # balanced evaluation splits
+    assert len({r["label"] for r in read_jsonl(out / "test.jsonl")}) == 10
+    with pytest.raises(ConfigError, match="size_ratio"):
+        simulate(tmp_path / "x", overrides={"size_ratio": 0.0}, progress=False)

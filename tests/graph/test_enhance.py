@@ -86,3 +86,17 @@ def test_edge_weight_modes():
     np.testing.assert_allclose(edge_weights(d, mode="distance"), [[0.0, 0.25, 1.0]])
     with pytest.raises(ValueError, match="edge weight mode"):
         edge_weights(d, mode="cosine")
+
+
+def test_self_weight_mixes_the_own_text_back_in():
+    ids = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]])
+    dist = np.array([[0.0, 0.2, 0.6], [0.0, 0.2, 0.5], [0.0, 0.6, 0.5]])
+    text = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    # node 0: edges to 1 (0.8, max with 1->0 = 0.8) and 2 (0.4): (0.8 * t1 + 0.4 * t2) / 1.2
+    neighbours = (0.8 * text[1] + 0.4 * text[2]) / 1.2
+    out, _ = enhance_text(ids, dist, text, self_weight=0.25)
+    np.testing.assert_allclose(out[0], 0.25 * text[0] + 0.75 * neighbours, rtol=1e-6)
+    paper, _ = enhance_text(ids, dist, text)
+    np.testing.assert_allclose(paper[0], neighbours, rtol=1e-6)
+    own, _ = enhance_text(ids, dist, text, self_weight=1.0)
+    np.testing.assert_allclose(own, text)

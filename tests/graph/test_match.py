@@ -4,12 +4,14 @@ from rerank_reference import re_ranking_loop
 
 from capro.graph.knn import normalize_rows
 from capro.graph.match import (
+    anchor_counts,
     anchor_ranking,
     prototype_softmax,
     select_anchors,
     select_anchors_multilabel,
     text_cosine,
     text_distances,
+    text_margins,
 )
 
 
@@ -132,3 +134,53 @@ def test_anchor_ranking_keeps_the_paper_distance_and_ranks_softmax_ascending():
     assert domain.tolist() == [0, 1]
     with pytest.raises(ValueError, match="anchor score"):
         anchor_ranking(dist, cos, labels, score="margin")
+
+
+def test_text_margins_by_hand():
+    cos = np.array([[0.9, 0.5, 0.2], [0.3, 0.4, 0.1], [0.2, 0.2, 0.8]])
+    margin, nxt = text_margins(cos, np.array([0, 0, 5]))  # label 5 is outside 0..2
+    np.testing.assert_allclose(margin[:2], [0.9 - 0.5, 0.3 - 0.4], atol=1e-6)
+    assert np.isnan(margin[2]) and nxt.tolist() == [1, 1, -1]
+    web = np.array([[True, True, False], [False, True, False], [True, True, True]])
+    m, n = text_margins(cos, web)
+    # sample 0 carries 0 and 1: both against class 2 (0.2); sample 2 carries every class
+    np.testing.assert_allclose(m[0], [0.9 - 0.2, 0.5 - 0.2, np.nan], atol=1e-6)
+    np.testing.assert_allclose(m[1], [np.nan, 0.4 - 0.3, np.nan], atol=1e-6)
+    assert np.isnan(m[2]).all() and n.tolist() == [2, 0, -1]
+
+
+def test_margin_floor_caps_at_k_and_tops_up_weak_classes():
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2, 2])
+    key = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.1, 0.2, 0.3, 0.1, 0.2])
+    eligible = np.array([1, 0, 1, 1, 1, 0, 1, 0, 0, 0], dtype=bool)
+    with pytest.warns(UserWarning, match=r"1 class\(es\) have fewer texts that prefer them .*c \(0 of 2\)"):
+        domain = select_anchors(key, labels, num_classes=3, topk=3, eligible=eligible, min_anchors=1,
+                                class_names=["a", "b", "c"])
+    # a: eligible 0, 2, 3, 4 -> the first three by key (cap); b: only 6 (evidence);
+    # c: none eligible -> its best-ranked one (minimum), never the ineligible 1 of class a
+    np.testing.assert_array_equal(domain, [1, 0, 1, 1, 0, 0, 1, 0, 1, 0])
+    counts = anchor_counts(domain, labels, num_classes=3, topk=3, eligible=eligible, min_anchors=1,
+                           class_names=["a", "b", "c"])
+    assert [(c["samples"], c["with_evidence"], c["anchors"], c["why"]) for c in counts] == [
+        (5, 4, 3, "cap"), (3, 1, 1, "evidence"), (2, 0, 1, "minimum")]
+    with pytest.warns(UserWarning, match="fewer than K=3"):
+        fixed_domain = select_anchors(key, labels, num_classes=3, topk=3)
+    fixed = anchor_counts(fixed_domain, labels, num_classes=3, topk=3)
+    assert [(c["anchors"], c["why"], c["with_evidence"]) for c in fixed] == [
+        (3, "cap", None), (3, "cap", None), (2, "class size", None)]
+
+
+def test_margin_floor_multilabel_positives_and_negatives():
+    web = np.zeros((6, 2), dtype=bool)
+    web[:, 0] = True
+    key = np.full((6, 2), np.nan)
+    key[:, 0] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    eligible = np.zeros((6, 2), dtype=bool)
+    eligible[[1, 2], 0] = True
+    against = np.zeros((6, 2), dtype=bool)
+    against[[0, 3, 5], 0] = True  # 0 has evidence against too, but the two farthest come first
+    domain = select_anchors_multilabel(key, web, topk=2, eligible=eligible, against=against,
+                                       min_anchors=1)
+    # positives: the eligible 1, 2; negatives: the farthest with evidence against, 5 then 3
+    np.testing.assert_array_equal(domain[:, 0], [0, 1, 1, -1, 0, -1])
+    assert (domain[:, 1] == 0).all()

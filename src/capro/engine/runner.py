@@ -66,7 +66,9 @@ MODEL_FILE = "model.pt"
 LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache_size": 0},
                                          "method": {"keep_th": None, "keep_top": 0},
                                          "clean": {"stage2_checkpoint": "kept"},
-                                         "match": {"score": "distance", "temperature": 0.05}}
+                                         "graph": {"self_weight": 0.0},
+                                         "match": {"score": "distance", "temperature": 0.05,
+                                                   "min_margin": None, "min_anchors": 5}}
 """Config keys added after runs were fingerprinted without them, with their default: at that
 default they stay out of the fingerprint, so runs made before the key existed still count as
 finished (and resume) under the newer code."""

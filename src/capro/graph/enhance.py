@@ -8,7 +8,8 @@ rows normalised to sum 1 (self weight 0, one hop). The edge weight is decision D
 - ``distance``: the re-ranked distance itself, as the released code does (farther weigh more).
 
 A node without any positive edge (isolated) keeps its own text; the released code gave it a zero
-vector. Everything is sparse: memory is O(N * keep), never N x N.
+vector. ``self_weight`` w mixes the node's own text back in: ``w * s_i + (1 - w) * sum_j A_ij s_j``
+(w = 0 is the paper's one-hop smoothing; D17). Everything is sparse: memory is O(N * keep), never N x N.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def smoothing_matrix(ids: np.ndarray, weights: np.ndarray, *, n: int | None = No
 
 
 def enhance_text(ids: np.ndarray, dist: np.ndarray, text: np.ndarray, *, keep: int | None = None,
-                 edge_weight: str = "similarity") -> tuple[np.ndarray, np.ndarray]:
+                 edge_weight: str = "similarity", self_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Smooth text embeddings over the first ``keep`` entries of each re-ranked kNN list.
 
     Args:
@@ -60,6 +61,7 @@ def enhance_text(ids: np.ndarray, dist: np.ndarray, text: np.ndarray, *, keep: i
         text: [N, D] text embeddings.
         keep: neighbours kept per node (default all k).
         edge_weight: ``similarity`` or ``distance`` (see module docstring).
+        self_weight: weight in [0, 1] of the node's own text in the result (0 = the paper).
 
     Returns:
         enhanced [N, D] float32 (computed in float32, as released), and isolated [N] bool (nodes
@@ -72,4 +74,6 @@ def enhance_text(ids: np.ndarray, dist: np.ndarray, text: np.ndarray, *, keep: i
     out = np.asarray(adj.astype(np.float32) @ text32, dtype=np.float32)
     isolated = np.diff(adj.indptr) == 0
     out[isolated] = text32[isolated]
+    if self_weight > 0:
+        out = (np.float32(self_weight) * text32 + np.float32(1.0 - self_weight) * out).astype(np.float32)
     return out, isolated

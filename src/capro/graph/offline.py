@@ -11,7 +11,8 @@ Artefacts:
 - ``graph/enhanced.npy`` [N, D] float32 (the raw texts when ``graph.enhance`` is off, in which case
   the kNN and re-ranking steps are not run);
 - ``match/text_distance.npy`` ([N] or [N, C]), ``match/text_cosine.npy`` [N, C],
-  ``match/scores.jsonl``, ``match/domain.npy``, ``match/anchors.jsonl``.
+  ``match/scores.jsonl``, ``match/domain.npy``, ``match/anchors.jsonl``,
+  ``match/anchor_counts.json`` (per class: samples, texts with evidence, anchors, and why).
 
 Each step records a fingerprint of its inputs (array digests), its config and the previous step's
 fingerprint in ``RUN/<graph|match>/_steps/<step>/done.json`` (:mod:`capro.utils.cache`), so a
@@ -36,16 +37,18 @@ from capro.errors import DataError
 from capro.graph.enhance import enhance_text
 from capro.graph.knn import create_knn_backend, normalize_rows
 from capro.graph.match import (
+    anchor_counts,
     anchor_ranking,
     select_anchors,
     select_anchors_multilabel,
     text_cosine,
     text_distances,
+    text_margins,
 )
 from capro.graph.rerank import rerank_knn
 from capro.utils.cache import fingerprint, is_done, mark_done
 from capro.utils.dist import is_main
-from capro.utils.io import atomic_write, write_jsonl
+from capro.utils.io import atomic_write, write_json, write_jsonl
 
 MATCH_FILES = ("text_distance", "text_cosine", "domain")
 
@@ -180,11 +183,14 @@ def graph_enhance(cfg: Config, features: np.ndarray, text_emb: np.ndarray,
         return out["enhanced"], fp
     rr, up = graph_rerank(cfg, features, run_dir)
     mode = g.edge_weight if g.rerank else "similarity"
-    fp = fingerprint({"step": "enhance", "up": up, "keep": g.keep, "edge_weight": mode, "text": text_fp})
+    params = {"step": "enhance", "up": up, "keep": g.keep, "edge_weight": mode, "text": text_fp}
+    if g.self_weight:  # the paper's neighbours-only smoothing keeps its fingerprint
+        params["self_weight"] = g.self_weight
+    fp = fingerprint(params)
 
     def compute() -> dict[str, np.ndarray]:
         enhanced, isolated = enhance_text(rr["rerank_ids"], rr["rerank_dist"], text_emb, keep=g.keep,
-                                          edge_weight=mode)
+                                          edge_weight=mode, self_weight=g.self_weight)
         return {"enhanced": enhanced, "isolated": isolated}
 
     out = _cached(graph_dir(run_dir), "enhance", fp, ("enhanced",), compute,
@@ -241,6 +247,8 @@ def build_anchors(cfg: Config, split: Split, features: np.ndarray, text_emb: np.
               "negative": m.negative_anchors, "seed": seed, "multi": multi}
     if m.score != "distance":  # the paper's ranking keeps the fingerprint it had before the key
         params.update(score=m.score, temperature=m.temperature)
+    if m.min_margin is not None:  # so does the fixed top-K
+        params.update(min_margin=m.min_margin, min_anchors=m.min_anchors)
     fp = fingerprint(params)
     names = [c.name for c in split.classes] or [str(c) for c in range(prototypes.shape[0])]
     labels = web_labels(split, len(names), multi)
@@ -248,12 +256,24 @@ def build_anchors(cfg: Config, split: Split, features: np.ndarray, text_emb: np.
     def compute() -> dict[str, np.ndarray]:
         dist = out["text_distance"]
         key = anchor_ranking(dist, out["text_cosine"], labels, score=m.score, temperature=m.temperature)
+        eligible = against = None
+        if m.min_margin is not None and m.anchors == "text":
+            margin, _ = text_margins(out["text_cosine"], labels)
+            with np.errstate(invalid="ignore"):
+                eligible, against = margin >= m.min_margin, margin <= -m.min_margin
         if multi:
             domain = select_anchors_multilabel(key, labels, topk=m.topk, negative=m.negative_anchors,
-                                               mode=m.anchors, seed=seed, class_names=names)
+                                               mode=m.anchors, seed=seed, class_names=names,
+                                               eligible=eligible, against=against, min_anchors=m.min_anchors)
         else:
             domain = select_anchors(key, labels, num_classes=len(names), topk=m.topk, mode=m.anchors,
-                                    seed=seed, class_names=names)
+                                    seed=seed, class_names=names, eligible=eligible, min_anchors=m.min_anchors)
+        write_json(match_dir(run_dir) / "anchor_counts.json",
+                   {"topk": m.topk, "min_margin": m.min_margin if eligible is not None else None,
+                    "min_anchors": m.min_anchors if eligible is not None else None,
+                    "classes": anchor_counts(domain, labels, num_classes=len(names), topk=m.topk,
+                                             eligible=eligible, min_anchors=m.min_anchors,
+                                             class_names=names)})
         write_jsonl(match_dir(run_dir) / "anchors.jsonl",
                     anchor_rows(split, domain, dist, labels, names, cos=out["text_cosine"],
                                 key=None if m.score == "distance" else key,
