@@ -2,12 +2,18 @@
 
     python benchmarks/anchor_rules.py prepare --profiles web hard uneven --seeds 100 101 --sizes 2k 20k
     python benchmarks/anchor_rules.py score   --profiles web hard uneven --seeds 100 101 --sizes 2k 20k
+    python benchmarks/anchor_rules.py long    --profiles web hard uneven --seeds 100 --sizes 2k
 
 ``prepare`` simulates each (profile, seed, size), trains capro's stage 1 and runs the offline
 steps up to the anchors (text encoding, stage-1 features, kNN graph, re-ranking, enhancement,
 text matching) with the defaults of the ``capro-ft`` row: at 2k images the ``long`` size (so a
 later ``capro run`` of that row on the same directory reuses them), at 20k the 5-epoch stage 1 of
 ``benchmarks/anchors.py``. Resumable: finished steps are skipped.
+
+``long`` runs ``capro-ft`` of the ``long`` size on the prepared 2k data with D13 alone and with the
+new anchor defaults (``LONG_VARIANTS``), reusing the prepared stage 1 and graph; read on
+validation (the test figures are stored for the record). Writes
+``benchmarks/results/anchor_rules_long.json``.
 
 ``score`` re-ranks the same texts, graph and prototypes with every rule and text variant, no
 training, and scores the anchors against the simulator's ``truth.jsonl``:
@@ -36,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SIZES, Size, machine_info, row_overrides  # noqa: E402
-from quality import ensure_data, log  # noqa: E402
+from common import RESULTS, SIZES, Size, machine_info, row_metrics, row_overrides  # noqa: E402
+from quality import _link_tree, curve_fields, ensure_data, log  # noqa: E402
 
 from capro.config import load_config  # noqa: E402
 from capro.graph.enhance import enhance_text  # noqa: E402
@@ -169,12 +175,59 @@ def score_and_save(work: Path, profile: str, seed: int, tag: str) -> None:
     log(f"{profile} seed {seed} {tag}: {best}")
 
 
+LONG_VARIANTS: dict[str, tuple[str, ...]] = {
+    "d13": ("graph.self_weight=0", "match.min_margin=null"),
+    "d16": ("graph.self_weight=0.25", "match.min_margin=0"),
+}
+"""The end-to-end check: ``capro-ft`` of the ``long`` size with D13 alone (enhanced texts, fixed
+top-K) and with the evidence floor and own-text mixing."""
+LONG_OUT = RESULTS / "anchor_rules_long.json"
+
+
+def run_long(work: Path, profile: str, seed: int, variant: str) -> dict:
+    """``capro-ft`` (``long``) with ``variant``'s anchors, reusing the prepared stage 1 and graph."""
+    from capro.engine.runner import run_pipeline
+
+    prepared = run_dir(work, profile, seed, "2k")
+    run = prepared.parent / f"long-{variant}"
+    for step in ("text", "stage1", "features", "graph"):
+        if (prepared / step).is_dir() and not (run / step).exists():
+            run.mkdir(parents=True, exist_ok=True)
+            _link_tree(prepared / step, run / step)
+    overrides = [*run_overrides("2k", seed), *LONG_VARIANTS[variant]]
+    cfg = load_config(preset="cpu", overrides=overrides)
+    data = Path(read_json(prepared / "run.json")["data"])
+    t0 = time.perf_counter()
+    metrics = run_pipeline(data, run, cfg, resume=True, progress=False)
+    fields = curve_fields(run)
+    return {"profile": profile, "seed": seed, "variant": variant, "overrides": list(LONG_VARIANTS[variant]),
+            "val": row_metrics(metrics, split="val"), "test": row_metrics(metrics, split="test"),
+            "val_best": fields["best"]["val_best"], "n_anchors": metrics["stages"].get("anchors", {}).get("n_anchors"),
+            "wall_seconds": round(time.perf_counter() - t0, 1), "command_overrides": overrides,
+            "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def long_and_save(work: Path, profile: str, seed: int) -> None:
+    for variant in LONG_VARIANTS:
+        done = read_json(LONG_OUT) if LONG_OUT.is_file() else {}
+        key = f"{profile}_seed{seed}_{variant}"
+        if key in done:
+            continue
+        res = run_long(work, profile, seed, variant)
+        done = read_json(LONG_OUT) if LONG_OUT.is_file() else {}
+        done[key] = res
+        write_json(LONG_OUT, dict(sorted(done.items())))
+        log(f"{key}: val {res['val']['top1']}, test {res['test']['top1']}, anchors "
+            f"{res['val']['anchor_precision']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["prepare", "score"])
+    p.add_argument("action", choices=["prepare", "score", "long"])
     p.add_argument("--profiles", nargs="+", default=["web", "hard", "uneven"])
     p.add_argument("--seeds", nargs="+", type=int, default=[100, 101])
-    p.add_argument("--sizes", nargs="+", default=["2k", "20k"], choices=["2k", "20k"])
+    p.add_argument("--sizes", nargs="+", default=["2k", "20k"], choices=["2k", "20k"],
+                   help="long: 2k only (the long size)")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = p.parse_args(argv)
     for tag in args.sizes:
@@ -182,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             for profile in args.profiles:
                 if args.action == "prepare":
                     prepare(args.work, profile, seed, tag)
+                elif args.action == "long":
+                    long_and_save(args.work, profile, seed)
                 else:
                     score_and_save(args.work, profile, seed, tag)
     return 0
