@@ -132,6 +132,10 @@ def build_run(root: Path) -> SyntheticRun:
                             "evidence": "own text" if r == 0 else "neighbours"})
             ranks[web] = ranks.get(web, 0) + 1
     write_jsonl(run / "match" / "anchors.jsonl", anchors)
+    write_json(run / "match" / "anchor_counts.json", {"topk": 3, "min_margin": 0.0, "min_anchors": 2, "classes": [
+        {"class": A, "samples": 5, "with_evidence": 2, "anchors": 2, "why": "evidence"},
+        {"class": B, "samples": 5, "with_evidence": 1, "anchors": 2, "why": "minimum"},
+        {"class": C, "samples": 5, "with_evidence": 4, "anchors": 2, "why": "evidence"}]})
     write_jsonl(run / "text" / "concepts.jsonl", [
         {"class": 0, "name": A, "source": "wordnet", "synsets": ["jersey.n.03"], "text": "T-shirt; a close-fitting pullover shirt"},
         {"class": 1, "name": B, "source": "wordnet", "synsets": ["trouser.n.01"], "text": "trouser; a garment extending from the waist to the knee or ankle"},

@@ -115,6 +115,18 @@ def test_lowest_margin_anchors_come_first_with_their_next_class_and_evidence(bui
     assert f"next: {B}" in weak and "evidence: neighbours" in weak and "evidence: own text" in weak
 
 
+def test_anchor_counts_say_why_each_class_got_its_anchors(built):
+    t = built[2].section_text
+    # the class table: texts with evidence and what set the count, per class in order
+    assert "texts with evidence" in t["classes"] and "anchor count set by" in t["classes"]
+    # cell texts run together: anchors, texts with evidence, why (A 2 2, B 2 1, C 2 4)
+    assert "22evidence" in t["classes"] and "21minimum" in t["classes"] and "24evidence" in t["classes"]
+    heads = [h.split("; best text match")[0] for h in t["samples"].split("Anchors (")[1:]]  # A, B, C
+    assert heads[0] == "2; every text that prefers this class (2)"
+    assert heads[1] == ("2; too little evidence: only 1 text(s) prefer this class, so its 2 best-ranked "
+                        "were taken anyway")
+
+
 def test_class_table_matches_hand_counts(synthetic_run):
     verdicts = load_verdicts(synthetic_run.run)
     anchors = read_jsonl(synthetic_run.run / "match" / "anchors.jsonl")

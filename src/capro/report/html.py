@@ -87,6 +87,7 @@ class RunView:
     records: dict[str, Record] = field(default_factory=dict)
     truth: dict[str, dict] = field(default_factory=dict)
     anchors: list[dict] | None = None
+    anchor_counts: dict | None = None
     concepts: list[dict] | None = None
     logs: dict = field(default_factory=dict)
     predictions: tuple[str, list[dict]] | None = None
@@ -124,6 +125,8 @@ def load_run(run_dir: str | os.PathLike, data_root: str | os.PathLike | None = N
                    logs=read_logs(run))
     metrics = read_optional_json(run / "metrics.json")
     view.metrics = metrics if isinstance(metrics, dict) else {}
+    counts = read_optional_json(run / "match" / "anchor_counts.json")
+    view.anchor_counts = counts if isinstance(counts, dict) else None
     if (run / "config.yaml").is_file():
         view.config_text = (run / "config.yaml").read_text(encoding="utf-8", errors="replace")
     if root is not None:
@@ -306,12 +309,19 @@ def _classes(v: RunView) -> str:
         return _na(v.verdict_note)
     rows = class_table(v.names, v.verdicts, v.anchors, v.truth)
     has_truth = any("noise_web" in r for r in rows)
+    why = {c.get("class"): c for c in (v.anchor_counts or {}).get("classes", [])}
     head = ["class", "web", "kept", "relabelled away", "relabelled in", "removed", "final", "anchors"]
+    if why:
+        head += ["texts with evidence", "anchor count set by"]
     if has_truth:
         head += ["noise (web)", "noise (final)", "anchor precision"]
     out = ["<table><tr>" + "".join(f'<th{" class=l" if i == 0 else ""}>{_e(h)}</th>' for i, h in enumerate(head)) + "</tr>"]
     for r in rows:
         cells = [r["web"], r["kept"], r["relabeled"], r["relabeled_in"], r["removed"], r["final"], r["anchors"]]
+        if why:
+            c = why.get(r["class"], {})
+            ev = c.get("with_evidence")
+            cells += ["–" if ev is None else ev, _e(c.get("why", "–"))]
         if has_truth:
             cells += [_pct(r["noise_web"]), _pct(r["noise_final"]), _pct(r["anchor_precision"])]
         out.append(f'<tr><td class="l">{_e(r["class"])}</td>' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -386,6 +396,21 @@ def _anchor_caption(a: dict) -> str:
     return "<div>" + " · ".join(parts) + "</div>"
 
 
+WHY = {"cap": "K = {k} reached (the cap)", "evidence": "every text that prefers this class ({e})",
+       "minimum": "too little evidence: only {e} text(s) prefer this class, so its {a} best-ranked "
+                  "were taken anyway", "class size": "every sample with this label (fewer than K = {k})",
+       "none": "no sample has this label"}
+
+
+def anchor_count_note(counts: dict | None, name: str) -> str:
+    """Why class ``name`` got the anchors it got (``match/anchor_counts.json``), or ''."""
+    for c in (counts or {}).get("classes", []):
+        if c.get("class") == name:
+            why = WHY.get(c.get("why"), str(c.get("why")))
+            return why.format(k=counts.get("topk"), e=c.get("with_evidence"), a=c.get("anchors"))
+    return ""
+
+
 def _samples(v: RunView, *, per_class: int, max_classes: int) -> str:
     if v.verdicts is None:
         return _na(v.verdict_note)
@@ -415,7 +440,9 @@ def _samples(v: RunView, *, per_class: int, max_classes: int) -> str:
     for n in order:
         out.append(f"<h3>{_e(n)}</h3>")
         top = sorted(anchors[n], key=lambda a: a.get("rank", 0))[:per_class]
-        out.append(f"<div>Anchors ({len(anchors[n])}, best text match first)</div><div class=thumbs>")
+        note = anchor_count_note(v.anchor_counts, n)
+        note = f"; {_e(note)}" if note else ""
+        out.append(f"<div>Anchors ({len(anchors[n])}{note}; best text match first)</div><div class=thumbs>")
         out += [_thumb(v, by_id.get(a["id"]), str(a["id"]),
                        f'<div>text distance {a["distance"]:.3f}</div>' if isinstance(a.get("distance"), float | int) else "")
                 for a in top]
