@@ -117,4 +117,5 @@ def run(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace, run_dir: Path) -> np.ndarray:
     path = Path(args.features or run_dir / "features" / "stage1.npy")
     return np.asarray(_load(path, "stage-1 features",
-                            "run `capro train` (stage 1) first or pass --features FILE"))
+                            "they are written on the way to stage 2: run `capro train --until stage2` or "
+                            "`capro run` first, or pass --features FILE"))
