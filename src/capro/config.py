@@ -252,6 +252,10 @@ class CleanConfig:
     """Which stage-2 weights clean offline and start stage 3b: ``best`` (its best-validation epoch,
     ``RUN/stage2/best.pt``, whatever ``train.keep`` says; what stage 2 handed on when no
     validation split was scored; D12) or ``kept`` (what stage 2 hands on, see ``train.keep``)."""
+    guard: bool = True
+    """The fine-tune (stage 3b) hands on its weights only when they score at least as well on the
+    validation split as the stage-2 weights it started from; else the run ends with those (D18).
+    ``false``: always the fine-tune's, as the paper. No effect when no split is scored."""
 
 
 @dataclass

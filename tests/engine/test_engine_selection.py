@@ -131,3 +131,24 @@ def test_later_keys_at_their_default_leave_fingerprints_unchanged(tiny_web_data,
                                 tiny_web_data, 200)
     assert "stage2_checkpoint" not in seen[4]["clean"]  # a run made before the key existed matches
     assert [k for k in base if kept[k] != base[k]] == ["stage3a", "stage3b"]
+
+
+def test_fine_tune_guard_hands_on_stage2_when_the_fine_tune_scores_lower(tiny_web_data, tmp_path):
+    # a fine-tune with a learning rate that wrecks the classifier scores below stage 2 on val
+    over = ["model.backbone=simple_cnn", "train.keep=last", "stage3.lr=50", "stage3.epochs=1"]
+    run = tmp_path / "run"
+    m = run_pipeline(tiny_web_data, run, load_config(preset="tiny", overrides=over), progress=False)
+    g = m["fine_tune_guard"]
+    assert g["split"] == "val" and g["metric"] == "top1" and g["stage3b"] < g["stage2"]
+    assert g["kept"] == "stage2" and m["final_stage"] == "stage2"
+    # the run's model is the stage-2 weights stage 3a cleaned with (best.pt, D12), scored as logged
+    model, *_ = load_run_model(run)
+    assert _same_weights(load_checkpoint(run / "stage2" / "best.pt")["model"], model.state_dict())
+    assert m["eval"]["val"]["top1"] == pytest.approx(g["stage2"])
+    stage3b = float(_log(run / "stage3b" / "log.csv")[-1]["val_top1"])
+    assert g["stage3b"] == pytest.approx(stage3b)
+    # the paper's behaviour: the fine-tune's weights, whatever they score (stage 3b reused)
+    off = run_pipeline(tiny_web_data, run, load_config(preset="tiny", overrides=[*over, "clean.guard=false"]),
+                       progress=False)
+    assert off["final_stage"] == "stage3b" and "fine_tune_guard" not in off
+    assert off["eval"]["val"]["top1"] == pytest.approx(stage3b)

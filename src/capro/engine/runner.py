@@ -22,6 +22,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -56,7 +57,7 @@ from capro.errors import CaproError
 from capro.eval.noise import anchor_precision, memorisation, noise_detection, relabel_accuracy
 from capro.model.capro import CAPro
 from capro.utils.cache import file_digest, fingerprint, is_done, mark_done
-from capro.utils.dist import barrier
+from capro.utils.dist import barrier, broadcast_object
 from capro.utils.io import atomic_write, read_json, write_json, write_jsonl
 from capro.utils.progress import progress as log_progress
 
@@ -65,7 +66,7 @@ MODEL_FILE = "model.pt"
 
 LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache_size": 0},
                                          "method": {"keep_th": None, "keep_top": 0},
-                                         "clean": {"stage2_checkpoint": "kept"},
+                                         "clean": {"stage2_checkpoint": "kept", "guard": True},
                                          "graph": {"self_weight": 0.0},
                                          "match": {"score": "distance", "temperature": 0.05,
                                                    "min_margin": None, "min_anchors": 5}}
@@ -147,6 +148,7 @@ class _Pipeline:
         self.eval_split = next(iter(_eval_splits(ctx.data_root, ctx.cfg)), None)
         self.eval_sets: dict[str, Any] = {}
         self._scorer: EpochScorer | None = None
+        self.guard: dict[str, Any] | None = None
 
     def dir(self, name: str) -> Path:
         return self.ctx.run_dir / name
@@ -328,6 +330,36 @@ def _load_best(p: _Pipeline, stage: str, model: CAPro) -> None:
         model.to(p.ctx.dist.device)
 
 
+def _fine_tune_lost(p: _Pipeline, model: CAPro) -> bool:
+    """D18: score the fine-tuned ``model`` and the stage-2 weights it started from on the
+    selecting split (rank 0); when the fine-tune scores lower, put the stage-2 weights back into
+    ``model`` on every rank. Both scores go to ``p.guard`` (``metrics.json``: ``fine_tune_guard``)."""
+    scorer = p.scorer()
+    stage2 = p.dir("stage2") / ("best.pt" if p.ctx.cfg.clean.stage2_checkpoint == "best" else "checkpoint.pt")
+    if not stage2.is_file():  # no validation was scored in stage 2: best.pt is absent
+        stage2 = p.dir("stage2") / "checkpoint.pt"
+    verdict = None
+    if scorer is not None and scorer.column is not None:
+        fine = scorer(model)[scorer.column]
+        before = copy.deepcopy(model)
+        load_weights(before, load_checkpoint(stage2)["model"])
+        base = scorer(before.to(p.ctx.dist.device))[scorer.column]
+        verdict = {"split": scorer.select, "metric": scorer.metric, "stage3b": round(fine, 6),
+                   "stage2": round(base, 6), "kept": "stage3b" if fine >= base else "stage2"}
+    verdict = broadcast_object(verdict)
+    if verdict is None:
+        return False
+    p.guard = verdict
+    if verdict["kept"] == "stage3b":
+        return False
+    load_weights(model, load_checkpoint(stage2)["model"])
+    model.to(p.ctx.dist.device)
+    if p.ctx.is_main:
+        log_progress(f"fine-tune guard: stage 3b scored {verdict['stage3b']:.4f} on {verdict['split']}, "
+                     f"below stage 2's {verdict['stage2']:.4f}; the run ends with stage 2's weights")
+    return True
+
+
 def _truth_arrays(ctx: RunContext, truth: dict[str, dict]) -> np.ndarray | None:
     """True labels aligned with the training records: [N] (-1 out-of-distribution) or [N, C]."""
     index = {c.name: i for i, c in enumerate(ctx.classes)}
@@ -466,6 +498,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                                    targets=verdict.target[keep])
             p.train("stage3b", cfg.stage3, model, dataset=ds)
             final_stage = "stage3b"
+            if cfg.clean.guard and _fine_tune_lost(p, model):
+                final_stage = "stage2"
 
     metrics: dict[str, Any] = {}
     if info.is_main:
@@ -476,6 +510,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                    "validation": {"split": validation.split, "labels": validation.labels,
                                   "held_out_rows": len(validation.holdout)},
                    "seconds": round(time.perf_counter() - t_run, 3), **p.openset(model)}
+        if p.guard is not None:
+            metrics["fine_tune_guard"] = p.guard
         final = flagged = removed = None
         if verdict is not None:
             final, removed, flagged = verdict.target, ~verdict.clean, verdict.relabeled

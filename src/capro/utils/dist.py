@@ -39,3 +39,12 @@ def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(t) for _ in range(world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out, dim=0)
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` as rank ``src`` has it, on every rank (itself when not distributed)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
