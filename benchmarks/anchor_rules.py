@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SIZES, Size, machine_info, row_metrics, row_overrides  # noqa: E402
+from common import RESULTS, SIZES, Size, machine_info, row_metrics, row_overrides, update_markdown  # noqa: E402
 from quality import _link_tree, curve_fields, ensure_data, log  # noqa: E402
 
 from capro.config import load_config  # noqa: E402
@@ -200,11 +200,19 @@ def run_long(work: Path, profile: str, seed: int, variant: str) -> dict:
     t0 = time.perf_counter()
     metrics = run_pipeline(data, run, cfg, resume=True, progress=False)
     fields = curve_fields(run)
-    return {"profile": profile, "seed": seed, "variant": variant, "overrides": list(LONG_VARIANTS[variant]),
+    return {"val_stage_last": stage_last_val(run), "guard": metrics.get("fine_tune_guard"), "profile": profile, "seed": seed, "variant": variant, "overrides": list(LONG_VARIANTS[variant]),
             "val": row_metrics(metrics, split="val"), "test": row_metrics(metrics, split="test"),
             "val_best": fields["best"]["val_best"], "n_anchors": metrics["stages"].get("anchors", {}).get("n_anchors"),
             "wall_seconds": round(time.perf_counter() - t0, 1), "command_overrides": overrides,
             "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def stage_last_val(run: Path) -> dict[str, float | None]:
+    """Validation top-1 at the last epoch of each training stage of ``run``."""
+    curves = curve_fields(run)["curves"]
+    last = {st: [v for s, v in zip(curves["stage"], curves["val_top1"]) if s == st][-1:]
+            for st in ("stage1", "stage2", "stage3b")}
+    return {st: (v[0] if v else None) for st, v in last.items()}
 
 
 def long_and_save(work: Path, profile: str, seed: int) -> None:
@@ -221,15 +229,69 @@ def long_and_save(work: Path, profile: str, seed: int) -> None:
             f"{res['val']['anchor_precision']}")
 
 
+TABLE_RULES = ("paper", "d13", "d13+floor0", "d13+floor0.05", "d13+floor0.1")
+RULE_NAMES = {"paper": "paper: top-K by distance", "d13": "D13: top-K by margin-aware softmax",
+              "d13+floor0": "D13 + margin ≥ 0 (D16)", "d13+floor0.05": "D13 + margin ≥ 0.05",
+              "d13+floor0.1": "D13 + margin ≥ 0.1"}
+TEXT_NAMES = {"raw": "raw", "enhanced": "enhanced", "mixed25": "mixed 0.25 (D17)", "mixed50": "mixed 0.5",
+              "fill": "own, enhanced where empty"}
+DEFAULT = "d13+floor0/mixed25"
+
+
+def rules_table(res: dict) -> str:
+    """Markdown: anchor precision % (anchor count) of every rule x text variant x run."""
+    order = {"web": 0, "hard": 1, "uneven": 2}
+    keys = sorted(res, key=lambda k: (res[k]["size"] != "2k", order.get(res[k]["profile"], 9), res[k]["seed"]))
+    head = [f"{res[k]['profile']} {res[k]['size']} s{res[k]['seed']}" for k in keys]
+    lines = ["| anchors | texts | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(keys)]
+    for rule in TABLE_RULES:
+        for text in TEXT_NAMES:
+            name = f"{rule}/{text}"
+            cells = []
+            for k in keys:
+                r = res[k]["rules"].get(name)
+                cells.append("–" if r is None else f"{100 * r['precision']:.1f} ({r['anchors']})")
+            row = f"| {RULE_NAMES[rule]} | {TEXT_NAMES[text]} | " + " | ".join(cells) + " |"
+            lines.append(row.replace("| D13 + margin ≥ 0 (D16) | mixed 0.25 (D17) |",
+                                     "| **D13 + margin ≥ 0 (D16)** | **mixed 0.25 (D17): default** |"))
+    return "\n".join(lines)
+
+
+def long_table(res: dict) -> str:
+    """Markdown: the long-regime ``capro-ft`` runs, validation top-1 at the last epoch."""
+    lines = ["| profile, seed | anchors | anchor precision % | stage 2 val % | capro-ft val % (last) | "
+             "best val % | test % (recorded, not used) |", "|---|---|---|---|---|---|---|"]
+    for k in sorted(res, key=lambda k: (res[k]["profile"], res[k]["seed"], res[k]["variant"])):
+        r = res[k]
+        v, t = r["val"], r["test"]
+        name = "D13 alone" if r["variant"] == "d13" else "D16 + D17"
+        s2 = r.get("val_stage_last", {}).get("stage2")
+        lines.append(f"| {r['profile']} {r['seed']} | {name} ({r['n_anchors']}) | "
+                     f"{100 * v['anchor_precision']:.1f} | {'–' if s2 is None else f'{100 * s2:.1f}'} | "
+                     f"{100 * v['top1']:.1f} | {100 * r['val_best']:.1f} | {100 * t['top1']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["prepare", "score", "long"])
+    p.add_argument("action", choices=["prepare", "score", "long", "table"])
     p.add_argument("--profiles", nargs="+", default=["web", "hard", "uneven"])
     p.add_argument("--seeds", nargs="+", type=int, default=[100, 101])
     p.add_argument("--sizes", nargs="+", default=["2k", "20k"], choices=["2k", "20k"],
                    help="long: 2k only (the long size)")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = p.parse_args(argv)
+    if args.action == "table":
+        update_markdown("anchor-rules", rules_table(read_json(OUT)))
+        if LONG_OUT.is_file():
+            res = read_json(LONG_OUT)
+            for r in res.values():  # runs recorded before the field existed
+                run = run_dir(args.work, r["profile"], r["seed"], "2k").parent / f"long-{r['variant']}"
+                if "val_stage_last" not in r and run.is_dir():
+                    r["val_stage_last"] = stage_last_val(run)
+            write_json(LONG_OUT, res)
+            update_markdown("anchor-rules-long", long_table(res))
+        return 0
     for tag in args.sizes:
         for seed in args.seeds:
             for profile in args.profiles:

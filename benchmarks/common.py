@@ -112,11 +112,11 @@ PAPER_KEEP = ("method.keep_th=null", "method.keep_top=0")
 
 
 # Offline cleaning from what stage 2 handed on, the default until D12 made it stage 2's
-# best-validation epoch, the per-image input path, the default until the batched one, and the
-# paper's anchor ranking, the default until D13; pinned for the sizes whose tables were recorded
-# with them.
-RECORDED_CLEAN = ("clean.stage2_checkpoint=kept", "data.augment=per_image")
-PAPER_MATCH = ("match.score=distance",)
+# best-validation epoch, the per-image input path, the default until the batched one, no fine-tune
+# guard (until D18), and the paper's anchors: its ranking (until D13), its fixed top-K (until D16)
+# over neighbours-only texts (until D17); pinned for the sizes whose tables were recorded with them.
+RECORDED_CLEAN = ("clean.stage2_checkpoint=kept", "data.augment=per_image", "clean.guard=false")
+PAPER_MATCH = ("match.score=distance", "match.min_margin=null", "graph.self_weight=0")
 
 
 # The recorded tables used the torch kNN backend, the ``cpu`` preset's choice then; pinned so that

@@ -89,9 +89,9 @@ class GraphConfig:
     """Smooth each sample's text over its visual neighbours (False = the no-enhance ablation)."""
     edge_weight: str = "similarity"
     """``similarity`` (clip(1 - d_RR, 0, 1), decision D2) or ``distance`` (as released)."""
-    self_weight: float = 0.0
+    self_weight: float = 0.25
     """Weight of a sample's own text in its enhanced text, the rest from its visual neighbours
-    (0 = the paper: neighbours only; 1 = no smoothing)."""
+    (D17; 0 = the paper: neighbours only; 1 = no smoothing)."""
     chunk_size: int = 8192
     """Query rows per chunk in the kNN search (bounds memory)."""
 
@@ -114,11 +114,12 @@ class MatchConfig:
     demos keep it, the margin-aware ranking is not measured on multi-label data)."""
     temperature: float = 0.05
     """Temperature of ``match.score=softmax``."""
-    min_margin: float | None = None
+    min_margin: float | None = 0.0
     """Anchors by evidence (D16): only a sample whose (enhanced) text's cosine to its web label's
     textual prototype exceeds its best cosine to a class it does not carry by at least this much
     may become an anchor; ``topk`` is then a cap. Multi-label negative anchors need the opposite
-    evidence (a margin of at most ``-min_margin``). ``null``: the paper's fixed top-K."""
+    evidence (a margin of at most ``-min_margin``). ``null``: the paper's fixed top-K (the
+    ``nuswide`` preset and multi-label demos keep it: not measured on multi-label data)."""
     min_anchors: int = 5
     """With ``min_margin``: a class with fewer texts that clear it still gets this many anchors
     (its best-ranked texts, with a warning naming it), so that its prototype can start."""
@@ -294,8 +295,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "nuswide": {
         "data": {"strong_crop": 0.8},
-        "graph": {"k": 40, "keep": 10},
-        "match": {"score": "distance"},
+        "graph": {"k": 40, "keep": 10, "self_weight": 0.0},
+        "match": {"score": "distance", "min_margin": None},
         "model": {"queue": 2048},
         "method": {"pseudo_th": 0.9, "multi_label": True},
         "clean": {"protect_anchors": True},
