@@ -48,7 +48,7 @@ def test_evidence_names_where_an_anchor_s_text_support_came_from():
 
 
 def test_build_anchors_composes_the_steps(tmp_path, web):
-    cfg = _cfg("match.score=distance")  # the paper's ranking
+    cfg = _cfg("match.score=distance", "match.min_margin=null", "graph.self_weight=0")  # the paper's anchors
     res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     x = normalize_rows(web["feats"])
     ids, _ = TorchKnn().search(x, k=cfg.graph.k)
@@ -93,6 +93,38 @@ def test_build_anchors_composes_the_steps(tmp_path, web):
         np.testing.assert_array_equal(getattr(loaded, key), getattr(res, key))
 
 
+def test_default_anchors_by_evidence_over_mixed_texts(tmp_path, web):
+    cfg = _cfg()  # D13 ranking, D16 margin floor 0 with K = 20 as a cap, D17 self weight 0.25
+    res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
+    x = normalize_rows(web["feats"])
+    ids, _ = TorchKnn().search(x, k=cfg.graph.k)
+    r_ids, r_dist = rerank_knn(x, ids, k1=cfg.graph.k1, k2=cfg.graph.k2, lam=cfg.graph.lam)
+    neighbours, _ = enhance_text(r_ids, r_dist, web["text"], keep=cfg.graph.keep)
+    mixed = 0.25 * web["text"] + 0.75 * neighbours
+    np.testing.assert_allclose(res.enhanced, mixed, atol=1e-6)
+    cos = normalize_rows(mixed) @ normalize_rows(web["protos"]).T
+    key = 1.0 - prototype_softmax(cos, web["labels"], temperature=cfg.match.temperature)
+    own = cos[np.arange(N), web["labels"]]
+    margin = own - np.where(np.eye(C, dtype=bool)[web["labels"]], -np.inf, cos).max(axis=1)
+    expected = np.zeros(N, dtype=np.int8)
+    for c in range(C):  # by hand: the 20 best-ranked with a positive margin, at least 5
+        members = np.flatnonzero(web["labels"] == c)
+        ranked = members[np.argsort(key[members], kind="stable")]
+        ok = ranked[margin[ranked] >= 0][:20]
+        expected[ok if len(ok) >= 5 else ranked[:5]] = 1
+    np.testing.assert_array_equal(res.domain, expected)
+    assert 0 < res.domain.sum() <= 4 * 20
+    counts = json.loads((tmp_path / "match/anchor_counts.json").read_text())
+    assert counts["topk"] == 20 and counts["min_margin"] == 0.0 and counts["min_anchors"] == 5
+    for c, row in enumerate(counts["classes"]):
+        members = web["labels"] == c
+        assert row["samples"] == members.sum() and row["with_evidence"] == (margin[members] >= 0).sum()
+        assert row["anchors"] == expected[members].sum()
+        assert row["why"] == ("cap" if row["with_evidence"] >= 20 else "evidence")
+    rows = read_jsonl(tmp_path / "match/anchors.jsonl")
+    assert len(rows) == res.domain.sum() and all(r["margin"] >= -1e-6 for r in rows)
+
+
 def test_rerun_skips_unchanged_steps_and_redoes_changed_ones(tmp_path, web):
     args = (web["split"], web["feats"], web["text"], web["protos"], tmp_path)
     build_anchors(_cfg(), *args)
@@ -102,12 +134,12 @@ def test_rerun_skips_unchanged_steps_and_redoes_changed_ones(tmp_path, web):
     build_anchors(_cfg(), *args)
     assert {f: os.stat(tmp_path / f).st_mtime_ns for f in files} == before
 
-    res = build_anchors(_cfg("match.topk=10"), *args)
+    res = build_anchors(_cfg("match.topk=10", "match.min_margin=null"), *args)
     after = {f: os.stat(tmp_path / f).st_mtime_ns for f in files}
     assert [f for f in files if after[f] != before[f]] == ["match/domain.npy"]
     assert res.domain.sum() == 4 * 10
 
-    build_anchors(_cfg("match.topk=10", "graph.edge_weight=distance"), *args)
+    build_anchors(_cfg("match.topk=10", "match.min_margin=null", "graph.edge_weight=distance"), *args)
     again = {f: os.stat(tmp_path / f).st_mtime_ns for f in files}
     assert [f for f in files if again[f] != after[f]] == files[2:]
 
@@ -184,7 +216,7 @@ def test_cli_steps_and_cleanlab_export(tmp_path, web, capsys):
 
 def test_softmax_anchor_score_ranks_by_the_margin_to_other_prototypes(tmp_path, web):
     assert _cfg().match.score == "softmax"  # the default (D13)
-    cfg = _cfg("match.temperature=0.1")
+    cfg = _cfg("match.temperature=0.1", "match.min_margin=null")  # D13 alone: a fixed top-K
     res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     p = prototype_softmax(res.text_cosine, web["labels"], temperature=0.1)
     np.testing.assert_array_equal(res.domain, select_anchors(1.0 - p, web["labels"], num_classes=C, topk=20))
@@ -193,6 +225,6 @@ def test_softmax_anchor_score_ranks_by_the_margin_to_other_prototypes(tmp_path, 
     assert all(a["score"] >= b["score"] for a, b in zip(first, first[1:]))
     assert first[0]["score"] == pytest.approx(float(p[int(first[0]["id"][1:])]), abs=1e-5)
     # the distance ranking (the paper's) is another step: it reruns, and gives the first anchors
-    paper = build_anchors(_cfg("match.score=distance"), web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
+    paper = build_anchors(_cfg("match.score=distance", "match.min_margin=null"), web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     np.testing.assert_array_equal(paper.domain, select_anchors(paper.text_distance, web["labels"],
                                                                num_classes=C, topk=20))
