@@ -176,11 +176,13 @@ def score_and_save(work: Path, profile: str, seed: int, tag: str) -> None:
 
 
 LONG_VARIANTS: dict[str, tuple[str, ...]] = {
-    "d13": ("graph.self_weight=0", "match.min_margin=null"),
-    "d16": ("graph.self_weight=0.25", "match.min_margin=0"),
+    "d13": ("graph.self_weight=0", "match.min_margin=null", "clean.guard=false"),
+    "d16": ("graph.self_weight=0.25", "match.min_margin=0", "match.min_anchors=5", "clean.guard=false"),
+    "d16m20": ("graph.self_weight=0.25", "match.min_margin=0", "match.min_anchors=20", "clean.guard=false"),
 }
 """The end-to-end check: ``capro-ft`` of the ``long`` size with D13 alone (enhanced texts, fixed
-top-K) and with the evidence floor and own-text mixing."""
+top-K) and with the evidence floor and own-text mixing (at least 5 or 20 anchors per class); the
+fine-tune guard (D18) off in all, so that only the anchors differ."""
 LONG_OUT = RESULTS / "anchor_rules_long.json"
 
 
@@ -215,8 +217,8 @@ def stage_last_val(run: Path) -> dict[str, float | None]:
     return {st: (v[0] if v else None) for st, v in last.items()}
 
 
-def long_and_save(work: Path, profile: str, seed: int) -> None:
-    for variant in LONG_VARIANTS:
+def long_and_save(work: Path, profile: str, seed: int, variants: list[str]) -> None:
+    for variant in variants:
         done = read_json(LONG_OUT) if LONG_OUT.is_file() else {}
         key = f"{profile}_seed{seed}_{variant}"
         if key in done:
@@ -264,7 +266,7 @@ def long_table(res: dict) -> str:
     for k in sorted(res, key=lambda k: (res[k]["profile"], res[k]["seed"], res[k]["variant"])):
         r = res[k]
         v, t = r["val"], r["test"]
-        name = "D13 alone" if r["variant"] == "d13" else "D16 + D17"
+        name = {"d13": "D13 alone", "d16": "D16 + D17, min 5", "d16m20": "D16 + D17, min 20"}[r["variant"]]
         s2 = r.get("val_stage_last", {}).get("stage2")
         lines.append(f"| {r['profile']} {r['seed']} | {name} ({r['n_anchors']}) | "
                      f"{100 * v['anchor_precision']:.1f} | {'–' if s2 is None else f'{100 * s2:.1f}'} | "
@@ -280,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", default=["2k", "20k"], choices=["2k", "20k"],
                    help="long: 2k only (the long size)")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    p.add_argument("--variants", nargs="+", default=list(LONG_VARIANTS), choices=list(LONG_VARIANTS),
+                   help="long: which anchor settings")
     args = p.parse_args(argv)
     if args.action == "table":
         update_markdown("anchor-rules", rules_table(read_json(OUT)))
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.action == "prepare":
                     prepare(args.work, profile, seed, tag)
                 elif args.action == "long":
-                    long_and_save(args.work, profile, seed)
+                    long_and_save(args.work, profile, seed, args.variants)
                 else:
                     score_and_save(args.work, profile, seed, tag)
     return 0
