@@ -101,7 +101,7 @@ TEXTS: dict[str, float | str] = {"raw": "raw", "enhanced": 0.0, "mixed25": 0.25,
 is present, the enhanced one where it is empty)."""
 FLOORS = (0.0, 0.05, 0.1, 0.15)
 TOPK = 50
-MIN_ANCHORS = 5
+MIN_ANCHORS = 20
 
 
 def _texts(run: Path, cfg, rows: list[dict]) -> dict[str, np.ndarray]:

@@ -120,7 +120,7 @@ class MatchConfig:
     may become an anchor; ``topk`` is then a cap. Multi-label negative anchors need the opposite
     evidence (a margin of at most ``-min_margin``). ``null``: the paper's fixed top-K (the
     ``nuswide`` preset and multi-label demos keep it: not measured on multi-label data)."""
-    min_anchors: int = 5
+    min_anchors: int = 20
     """With ``min_margin``: a class with fewer texts that clear it still gets this many anchors
     (its best-ranked texts, with a warning naming it), so that its prototype can start."""
 

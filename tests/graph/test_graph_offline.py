@@ -94,7 +94,7 @@ def test_build_anchors_composes_the_steps(tmp_path, web):
 
 
 def test_default_anchors_by_evidence_over_mixed_texts(tmp_path, web):
-    cfg = _cfg()  # D13 ranking, D16 margin floor 0 with K = 20 as a cap, D17 self weight 0.25
+    cfg = _cfg("match.min_anchors=5")  # D13 ranking, D16 floor 0 with K = 20 as a cap, D17 weight 0.25
     res = build_anchors(cfg, web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     x = normalize_rows(web["feats"])
     ids, _ = TorchKnn().search(x, k=cfg.graph.k)

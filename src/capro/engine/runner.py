@@ -69,7 +69,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache
                                          "clean": {"stage2_checkpoint": "kept", "guard": True},
                                          "graph": {"self_weight": 0.0},
                                          "match": {"score": "distance", "temperature": 0.05,
-                                                   "min_margin": None, "min_anchors": 5}}
+                                                   "min_margin": None, "min_anchors": 20}}
 """Config keys added after runs were fingerprinted without them, with their default: at that
 default they stay out of the fingerprint, so runs made before the key existed still count as
 finished (and resume) under the newer code."""
