@@ -253,6 +253,10 @@ class CleanConfig:
     """Which stage-2 weights clean offline and start stage 3b: ``best`` (its best-validation epoch,
     ``RUN/stage2/best.pt``, whatever ``train.keep`` says; what stage 2 handed on when no
     validation split was scored; D12) or ``kept`` (what stage 2 hands on, see ``train.keep``)."""
+    keep_rules: list[str] = field(default_factory=list)
+    """Offline keep rules to try (D19, single-label): each gets its own stage 3a and 3b from the
+    same stage-2 weights, and the one scoring best on the validation split is kept (e.g.
+    ``[paper, top1, th0.3]``; :mod:`capro.engine.keep_rules`). Empty: the ``method`` rule only."""
     guard: bool = True
     """The fine-tune (stage 3b) hands on its weights only when they score at least as well on the
     validation split as the stage-2 weights it started from; else the run ends with those (D18).
@@ -599,6 +603,14 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key {_show(key)}: {value!r} must be {rule}")
     if cfg.graph.keep > cfg.graph.k:
         raise ConfigError(f"config key 'graph.keep' ({cfg.graph.keep}) must not exceed 'graph.k' ({cfg.graph.k})")
+    if cfg.clean.keep_rules:
+        from capro.engine.keep_rules import parse_rule
+
+        if not isinstance(cfg.clean.keep_rules, list) or len(set(map(str, cfg.clean.keep_rules))) != len(cfg.clean.keep_rules):
+            raise ConfigError(f"config key 'clean.keep_rules': {_show(cfg.clean.keep_rules)} must be a list of "
+                              "distinct rule names, e.g. [paper, top1, th0.3]")
+        for rule in cfg.clean.keep_rules:
+            parse_rule(str(rule))
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"config key 'data.channels': {cfg.data.channels} must be 1 or 3")
 

@@ -152,3 +152,34 @@ def test_fine_tune_guard_hands_on_stage2_when_the_fine_tune_scores_lower(tiny_we
                        progress=False)
     assert off["final_stage"] == "stage3b" and "fine_tune_guard" not in off
     assert off["eval"]["val"]["top1"] == pytest.approx(stage3b)
+
+
+def test_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
+    from capro.engine.keep_rules import choose, parse_rule
+
+    assert parse_rule("th0.3+top1") == {"keep_th": 0.3, "keep_top": 1}
+    assert choose({"paper": 0.5, "top1": 0.6, "th0.3": 0.6}) == "top1"  # ties: the earlier
+    assert choose({"paper": None, "top1": None}) == "paper"
+    over = ["model.backbone=simple_cnn", "clean.keep_rules=[paper,top1]", "clean.guard=false"]
+    run = tmp_path / "run"
+    m = run_pipeline(tiny_web_data, run, load_config(preset="tiny", overrides=over), progress=False)
+    k = m["keep_rule"]
+    assert list(k["rules"]) == ["paper", "top1"] and k["split"] == "val"
+    scores = {r: v["score"] for r, v in k["rules"].items()}
+    assert k["chosen"] == choose(scores)
+    # each rule cleaned and fine-tuned on its own; the stricter rule keeps no more rows
+    assert k["rules"]["top1"]["kept"] <= k["rules"]["paper"]["kept"]
+    for rule in ("paper", "top1"):
+        assert (run / "keep_rules" / rule / "stage3a" / "samples.jsonl").is_file()
+    # the chosen rule's verdicts and fine-tuned weights are the run's, scored as recorded
+    chosen = run / "keep_rules" / k["chosen"]
+    assert (run / "stage3a" / "samples.jsonl").read_bytes() == (chosen / "stage3a" / "samples.jsonl").read_bytes()
+    model, *_ = load_run_model(run)
+    assert _same_weights(load_checkpoint(chosen / "stage3b" / "checkpoint.pt")["model"], model.state_dict())
+    assert m["eval"]["val"]["top1"] == pytest.approx(scores[k["chosen"]])
+    # the paper rule's run equals a plain run's stage 3a (same stage-2 weights, same rule)
+    plain = run_pipeline(tiny_web_data, tmp_path / "plain", load_config(
+        preset="tiny", overrides=["model.backbone=simple_cnn", "clean.guard=false"]), progress=False)
+    assert plain["cleaning"]["kept"] == k["rules"]["paper"]["kept"]
+    with pytest.raises(CaproError, match="is not a keep rule"):
+        load_config(overrides=["clean.keep_rules=[paper,strict]"])

@@ -66,7 +66,7 @@ MODEL_FILE = "model.pt"
 
 LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache_size": 0},
                                          "method": {"keep_th": None, "keep_top": 0},
-                                         "clean": {"stage2_checkpoint": "kept", "guard": True},
+                                         "clean": {"stage2_checkpoint": "kept", "guard": True, "keep_rules": []},
                                          "graph": {"self_weight": 0.0},
                                          "match": {"score": "distance", "temperature": 0.05,
                                                    "min_margin": None, "min_anchors": 20}}
@@ -149,6 +149,7 @@ class _Pipeline:
         self.eval_sets: dict[str, Any] = {}
         self._scorer: EpochScorer | None = None
         self.guard: dict[str, Any] | None = None
+        self.keep_rule: dict[str, Any] | None = None
 
     def dir(self, name: str) -> Path:
         return self.ctx.run_dir / name
@@ -321,6 +322,81 @@ def _offline_clean(p: _Pipeline, model: CAPro, domain, text_distance) -> Offline
         return OfflineCleaning(z["target"], z["clean"], z["relabeled"])
 
 
+def _clean_and_fine_tune(p: _Pipeline, model: CAPro, domain, text_distance) -> OfflineCleaning:
+    """Stage 3a (offline cleaning) then stage 3b (the fine-tune on the kept rows) into ``model``."""
+    ctx = p.ctx
+    verdict = _offline_clean(p, model, domain, text_distance)
+    keep = np.flatnonzero(verdict.clean)
+    if keep.size == 0:
+        raise CaproError("stage 3a removed every training sample; raise clean.pseudo_th or check the data")
+    ds = ctx.train_dataset(records=[ctx.train.records[i] for i in keep], indices=keep,
+                           targets=verdict.target[keep])
+    p.train("stage3b", ctx.cfg.stage3, model, dataset=ds)
+    return verdict
+
+
+def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> OfflineCleaning:
+    """D19: stage 3a and 3b once per ``clean.keep_rules`` entry, each in ``RUN/keep_rules/<rule>/``
+    and from the stage-2 weights ``model`` holds now; the rule whose fine-tuned model scores best on
+    the selecting split is published as ``RUN/stage3a`` and ``RUN/stage3b`` and left in ``model``.
+    Every rule's counts and score go to ``p.keep_rule`` (``metrics.json``: ``keep_rule``)."""
+    from capro.engine.keep_rules import choose, rule_method
+
+    ctx, cfg = p.ctx, p.ctx.cfg
+    start = copy.deepcopy(model.state_dict())
+    scorer = p.scorer()
+    runs: dict[str, tuple[_Pipeline, OfflineCleaning]] = {}
+    scores: dict[str, float | None] = {}
+    for rule in cfg.clean.keep_rules:
+        model.load_state_dict(start)
+        sub_cfg = dataclasses.replace(cfg, method=rule_method(cfg.method, rule))
+        sub_ctx = dataclasses.replace(ctx, cfg=sub_cfg, run_dir=ctx.run_dir / "keep_rules" / rule)
+        fp3a = fingerprint({"up": p.fps["stage2"], "clean": dataclasses.asdict(cfg.clean), "rule": rule})
+        sub = _Pipeline(sub_ctx, {"stage3a": fp3a,
+                                  "stage3b": fingerprint({"up": fp3a, "stage": dataclasses.asdict(cfg.stage3)})},
+                        p.validation)
+        sub._scorer, sub.eval_sets, sub.eval_split = scorer, p.eval_sets, p.eval_split
+        if ctx.is_main:
+            sub_ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
+        runs[rule] = (sub, _clean_and_fine_tune(sub, model, domain, text_distance))
+        score = scorer(model)[scorer.column] if scorer is not None and scorer.column is not None else None
+        scores[rule] = broadcast_object(score)
+    chosen = choose(scores)
+    sub, verdict = runs[chosen]
+    load_weights(model, load_checkpoint(sub.dir("stage3b") / "checkpoint.pt")["model"])
+    model.to(ctx.dist.device)
+    if ctx.is_main:
+        for stage in ("stage3a", "stage3b"):
+            _publish(sub.dir(stage), p.dir(stage))
+        log_progress("keep rule: " + ", ".join(
+            f"{r} {'n/a' if v is None else f'{v:.4f}'}" for r, v in scores.items()) + f" on "
+            f"{scorer.select if scorer is not None else 'no split'}; kept {chosen}")
+    barrier()
+    p.stages.update({"stage3a": sub.stages["stage3a"], "stage3b": sub.stages["stage3b"]})
+    p.keep_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
+                   "rules": {r: {"score": scores[r], **runs[r][1].counts()} for r in scores}}
+    return verdict
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Replace directory ``dst`` with a copy of ``src`` (hard links where the file system allows)."""
+    import shutil
+
+    tmp = dst.with_name(dst.name + ".publishing")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, tmp, copy_function=link)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
 def _load_best(p: _Pipeline, stage: str, model: CAPro) -> None:
     """Put ``stage``'s best-validation weights into ``model`` (no-op without ``best.pt``, when no
     validation split was scored: the weights the stage handed on stay)."""
@@ -454,6 +530,9 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                       "multi-label run trains without it (set stage3.mixup=false to silence this)",
                       stacklevel=2)
         cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, mixup=False))
+    if multi and cfg.clean.keep_rules:
+        warnings.warn("clean.keep_rules chooses among single-label keep rules; this multi-label run "
+                      "cleans offline with its method's rule only", stacklevel=2)
     if info.is_main and queue_too_big(cfg.model.queue, len(train.records)):
         warnings.warn(f"model.queue={cfg.model.queue} holds more than half of the "
                       f"{len(train.records)} training images: the instance loss then often finds an "
@@ -490,13 +569,10 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
         if cfg.stage3.epochs > 0:
             if cfg.clean.stage2_checkpoint == "best":
                 _load_best(p, "stage2", model)
-            verdict = _offline_clean(p, model, domain, text_distance)
-            keep = np.flatnonzero(verdict.clean)
-            if keep.size == 0:
-                raise CaproError("stage 3a removed every training sample; raise clean.pseudo_th or check the data")
-            ds = ctx.train_dataset(records=[train.records[i] for i in keep], indices=keep,
-                                   targets=verdict.target[keep])
-            p.train("stage3b", cfg.stage3, model, dataset=ds)
+            if cfg.clean.keep_rules and not multi:
+                verdict = _choose_keep_rule(p, model, domain, text_distance)
+            else:
+                verdict = _clean_and_fine_tune(p, model, domain, text_distance)
             final_stage = "stage3b"
             if cfg.clean.guard and _fine_tune_lost(p, model):
                 final_stage = "stage2"
@@ -512,6 +588,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                    "seconds": round(time.perf_counter() - t_run, 3), **p.openset(model)}
         if p.guard is not None:
             metrics["fine_tune_guard"] = p.guard
+        if p.keep_rule is not None:
+            metrics["keep_rule"] = p.keep_rule
         final = flagged = removed = None
         if verdict is not None:
             final, removed, flagged = verdict.target, ~verdict.clean, verdict.relabeled
