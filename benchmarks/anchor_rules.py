@@ -179,10 +179,16 @@ LONG_VARIANTS: dict[str, tuple[str, ...]] = {
     "d13": ("graph.self_weight=0", "match.min_margin=null", "clean.guard=false"),
     "d16": ("graph.self_weight=0.25", "match.min_margin=0", "match.min_anchors=5", "clean.guard=false"),
     "d16m20": ("graph.self_weight=0.25", "match.min_margin=0", "match.min_anchors=20", "clean.guard=false"),
+    "rules": ("graph.self_weight=0.25", "match.min_margin=0", "match.min_anchors=20", "clean.guard=false",
+              "clean.keep_rules=[paper,top1,th0.3]"),
+    "rules+guard": ("graph.self_weight=0.25", "match.min_margin=0", "match.min_anchors=20",
+                    "clean.keep_rules=[paper,top1,th0.3]"),
 }
-"""The end-to-end check: ``capro-ft`` of the ``long`` size with D13 alone (enhanced texts, fixed
-top-K) and with the evidence floor and own-text mixing (at least 5 or 20 anchors per class); the
-fine-tune guard (D18) off in all, so that only the anchors differ."""
+"""The end-to-end checks: ``capro-ft`` of the ``long`` size with D13 alone (enhanced texts, fixed
+top-K) and with the evidence floor and own-text mixing (at least 5 or 20 anchors per class), the
+fine-tune guard (D18) off, so that only the anchors differ; then on top of ``d16m20`` the keep
+rule chosen per run (D19), without and with the guard (these two reuse ``d16m20``'s stage 2)."""
+DONORS = {"rules": "d16m20", "rules+guard": "d16m20"}
 LONG_OUT = RESULTS / "anchor_rules_long.json"
 
 
@@ -192,17 +198,23 @@ def run_long(work: Path, profile: str, seed: int, variant: str) -> dict:
 
     prepared = run_dir(work, profile, seed, "2k")
     run = prepared.parent / f"long-{variant}"
-    for step in ("text", "stage1", "features", "graph"):
-        if (prepared / step).is_dir() and not (run / step).exists():
+    donor = prepared.parent / f"long-{DONORS[variant]}" if variant in DONORS else prepared
+    steps = ("text", "stage1", "features", "graph", "anchors", "match", "stage2") if variant in DONORS else (
+        "text", "stage1", "features", "graph")
+    if variant in DONORS and not (donor / "metrics.json").is_file():
+        raise RuntimeError(f"run the {DONORS[variant]} variant of {profile} seed {seed} first")
+    for step in steps:
+        if (donor / step).is_dir() and not (run / step).exists():
             run.mkdir(parents=True, exist_ok=True)
-            _link_tree(prepared / step, run / step)
+            _link_tree(donor / step, run / step)
     overrides = [*run_overrides("2k", seed), *LONG_VARIANTS[variant]]
     cfg = load_config(preset="cpu", overrides=overrides)
     data = Path(read_json(prepared / "run.json")["data"])
     t0 = time.perf_counter()
     metrics = run_pipeline(data, run, cfg, resume=True, progress=False)
     fields = curve_fields(run)
-    return {"val_stage_last": stage_last_val(run), "guard": metrics.get("fine_tune_guard"), "profile": profile, "seed": seed, "variant": variant, "overrides": list(LONG_VARIANTS[variant]),
+    return {"val_stage_last": stage_last_val(run), "guard": metrics.get("fine_tune_guard"),
+            "keep_rule": metrics.get("keep_rule"), "profile": profile, "seed": seed, "variant": variant, "overrides": list(LONG_VARIANTS[variant]),
             "val": row_metrics(metrics, split="val"), "test": row_metrics(metrics, split="test"),
             "val_best": fields["best"]["val_best"], "n_anchors": metrics["stages"].get("anchors", {}).get("n_anchors"),
             "wall_seconds": round(time.perf_counter() - t0, 1), "command_overrides": overrides,
@@ -266,7 +278,12 @@ def long_table(res: dict) -> str:
     for k in sorted(res, key=lambda k: (res[k]["profile"], res[k]["seed"], res[k]["variant"])):
         r = res[k]
         v, t = r["val"], r["test"]
-        name = {"d13": "D13 alone", "d16": "D16 + D17, min 5", "d16m20": "D16 + D17, min 20"}[r["variant"]]
+        name = {"d13": "D13 alone", "d16": "D16 + D17, min 5", "d16m20": "D16 + D17, min 20",
+                "rules": "D16 + D17 + D19", "rules+guard": "D16 + D17 + D19 + D18"}[r["variant"]]
+        if r.get("keep_rule"):
+            name += f" [{r['keep_rule']['chosen']}]"
+        if r.get("guard"):
+            name += f" [guard: {r['guard']['kept']}]"
         s2 = r.get("val_stage_last", {}).get("stage2")
         lines.append(f"| {r['profile']} {r['seed']} | {name} ({r['n_anchors']}) | "
                      f"{100 * v['anchor_precision']:.1f} | {'–' if s2 is None else f'{100 * s2:.1f}'} | "
