@@ -163,6 +163,10 @@ def test_margin_floor_caps_at_k_and_tops_up_weak_classes():
                            class_names=["a", "b", "c"])
     assert [(c["samples"], c["with_evidence"], c["anchors"], c["why"]) for c in counts] == [
         (5, 4, 3, "cap"), (3, 1, 1, "evidence"), (2, 0, 1, "minimum")]
+    # a minimum above the cap takes at most K: class b's one text with evidence is then too few
+    capped = select_anchors(key, labels, num_classes=3, topk=2, eligible=np.ones(10, bool), min_anchors=9)
+    assert [c["why"] for c in anchor_counts(capped, labels, num_classes=3, topk=2, eligible=eligible,
+                                            min_anchors=9)] == ["cap", "minimum", "minimum"]
     with pytest.warns(UserWarning, match="fewer than K=3"):
         fixed_domain = select_anchors(key, labels, num_classes=3, topk=3)
     fixed = anchor_counts(fixed_domain, labels, num_classes=3, topk=3)

@@ -278,7 +278,7 @@ def anchor_counts(domain: np.ndarray, labels: np.ndarray, *, num_classes: int, t
             why = "cap" if taken >= topk else "class size"
         elif ev >= topk and taken >= topk:
             why = "cap"
-        elif ev >= min(min_anchors, len(members)):
+        elif ev >= min(min_anchors, topk, len(members)):
             why = "evidence"
         else:
             why = "minimum"
