@@ -94,6 +94,22 @@ class GraphConfig:
     (D17; 0 = the paper: neighbours only; 1 = no smoothing)."""
     chunk_size: int = 8192
     """Query rows per chunk in the kNN search (bounds memory)."""
+    index: str = "auto"
+    """``exact`` (``backend``'s exact search), ``ivf`` or ``hnsw`` (approximate, faiss), or ``auto``:
+    exact up to ``exact_max`` images, else ``ivf``. An approximate search prints and records its
+    recall@k against exact search on ``recall_queries`` sampled nodes."""
+    exact_max: int = 200_000
+    """``index=auto``: the largest training set searched exactly (BENCHMARKS.md, "kNN at scale")."""
+    nlist: int = 0
+    """``ivf``: k-means cells (0 = 4 * sqrt(N))."""
+    nprobe: int = 32
+    """``ivf``: cells searched per query."""
+    hnsw_m: int = 32
+    """``hnsw``: links per node."""
+    ef_search: int = 128
+    """``hnsw``: candidates kept per query."""
+    recall_queries: int = 1000
+    """Sampled nodes on which an approximate search's recall is measured (0 = not measured)."""
 
 
 @dataclass
@@ -505,7 +521,7 @@ def load_config(path: str | os.PathLike | None = None, *, preset: str | None = N
 _CHOICES = {
     "data.augment": ("batch", "per_image"), "data.cache": ("auto", "ram", "disk", "off"),
     "text.concept_source": ("wordnet", "definition", "both"),
-    "graph.backend": ("auto", "torch", "faiss"),
+    "graph.backend": ("auto", "torch", "faiss"), "graph.index": ("auto", "exact", "ivf", "hnsw"),
     "graph.edge_weight": ("similarity", "distance"),
     "match.method": ("rerank", "cosine"), "match.score": ("distance", "softmax"),
     "match.anchors": ("text", "random"),
@@ -555,6 +571,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "text.batch_size": _at_least(1), "text.chunk_size": _at_least(1), "text.max_chars": _at_least(0),
     "graph.k": _at_least(2), "graph.keep": _at_least(1), "graph.k1": _at_least(1), "graph.k2": _at_least(1),
     "graph.lam": _within(0, 1), "graph.chunk_size": _at_least(1), "graph.self_weight": _within(0, 1),
+    "graph.exact_max": _at_least(0), "graph.nlist": _at_least(0), "graph.nprobe": _at_least(1),
+    "graph.hnsw_m": _at_least(2), "graph.ef_search": _at_least(1), "graph.recall_queries": _at_least(0),
     "match.topk": _at_least(1), "match.temperature": _above(0), "match.min_margin": _within(-2, 2),
     "match.min_anchors": _at_least(0),
     "model.low_dim": _at_least(1), "model.queue": _at_least(1), "model.moco_m": _within(0, 1),

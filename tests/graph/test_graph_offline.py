@@ -228,3 +228,29 @@ def test_softmax_anchor_score_ranks_by_the_margin_to_other_prototypes(tmp_path, 
     paper = build_anchors(_cfg("match.score=distance", "match.min_margin=null"), web["split"], web["feats"], web["text"], web["protos"], tmp_path, seed=0)
     np.testing.assert_array_equal(paper.domain, select_anchors(paper.text_distance, web["labels"],
                                                                num_classes=C, topk=20))
+
+
+def test_approximate_knn_records_its_recall(tmp_path, web, capsys):
+    pytest.importorskip("faiss")
+    import sys
+
+    from capro.utils.progress import set_progress_stream
+
+    set_progress_stream(sys.stdout)
+    try:
+        build_anchors(_cfg("graph.index=hnsw", "graph.recall_queries=100"), web["split"], web["feats"],
+                      web["text"], web["protos"], tmp_path, seed=0)
+    finally:
+        set_progress_stream(None)
+    done = json.loads((tmp_path / "graph/_steps/knn/done.json").read_text())
+    ids = np.load(tmp_path / "graph/knn_ids.npy")
+    exact, _ = TorchKnn().search(normalize_rows(web["feats"]), k=ids.shape[1])
+    assert done["backend"] == "hnsw" and done["recall_queries"] == 100
+    assert 0.9 <= done["recall"] <= 1.0
+    assert f"kNN (hnsw): recall@9 {done['recall']:.3f} against exact search on 100 sampled nodes" in capsys.readouterr().out
+    full = np.mean([len(set(a[1:]) & set(b[1:])) / (ids.shape[1] - 1) for a, b in zip(ids, exact)])
+    assert abs(done["recall"] - full) < 0.05
+    # auto below graph.exact_max searches exactly, with the fingerprint exact search always had
+    exact_run = build_anchors(_cfg(), web["split"], web["feats"], web["text"], web["protos"], tmp_path / "e", seed=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "e/graph/knn_ids.npy"), exact)
+    assert exact_run.domain.shape == (N,)

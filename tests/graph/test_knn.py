@@ -5,7 +5,19 @@ import pytest
 from cleanlab.internal.neighbor.knn_graph import create_knn_graph_and_index
 
 from capro.errors import ConfigError, UsageError
-from capro.graph.knn import FaissKnn, TorchKnn, create_knn_backend, knn_to_csr, normalize_rows
+from capro.graph.knn import (
+    FaissIvf,
+    FaissKnn,
+    TorchKnn,
+    create_index,
+    create_knn_backend,
+    exact_neighbours,
+    faiss_available,
+    knn_to_csr,
+    normalize_rows,
+    recall_at_k,
+    resolve_index,
+)
 
 # A copy of the golden fixture lives in the repository (tests/fixtures/README.md).
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "capro_released_golden.npz"
@@ -85,3 +97,42 @@ def test_knn_to_csr_keep_self_and_exact_duplicates():
     assert g.nnz == 6  # the zero distance of the duplicate pair is stored explicitly
     g_self = knn_to_csr(ids, sims, drop_self=False)
     assert g_self.nnz == 9 and g_self[0, 0] == 0.0
+
+
+def _clusters(n=3000, d=16, c=30, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(c, d)) * 3
+    return normalize_rows(centres[rng.integers(0, c, n)] + rng.normal(size=(n, d)))
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_approximate_indexes_keep_self_first_and_reach_high_recall(index):
+    pytest.importorskip("faiss")
+    x = _clusters()
+    exact_ids, _ = TorchKnn().search(x, k=10)
+    ids, sims = create_index(index, nprobe=8).search(x, k=10)
+    assert ids.shape == (3000, 10) and (ids[:, 0] == np.arange(3000)).all()
+    assert (np.diff(sims[:, 1:], axis=1) <= 1e-6).all()
+    # recall by hand over the 9 non-self neighbours of every node, against the sampled estimate
+    by_hand = np.mean([len(set(a[1:]) & set(b[1:])) / 9 for a, b in zip(ids, exact_ids)])
+    assert by_hand > 0.9
+    recall, used = recall_at_k(x, ids, queries=500, seed=1)
+    assert used == 500 and abs(recall - by_hand) < 0.05
+    assert recall_at_k(x, exact_ids, queries=500)[0] == 1.0
+
+
+def test_exact_neighbours_of_sampled_queries_match_the_full_search():
+    x = _clusters(n=700)
+    full, _ = TorchKnn().search(x, k=8)
+    q = np.array([0, 5, 699, 350])
+    np.testing.assert_array_equal(exact_neighbours(x, q, k=8, block_size=100), full[q])
+
+
+def test_index_choice_by_size():
+    assert resolve_index("auto", 1000, exact_max=5000) == "exact"
+    assert resolve_index("hnsw", 10, exact_max=5000) == "hnsw"
+    if faiss_available():
+        assert resolve_index("auto", 10_000, exact_max=5000) == "ivf"
+    with pytest.raises(ConfigError, match="graph.index"):
+        resolve_index("lsh", 10, exact_max=5)
+    assert FaissIvf(nlist=0).cells(1_000_000) == 4000 and FaissIvf(nlist=0).cells(1000) == 25

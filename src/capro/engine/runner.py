@@ -67,7 +67,9 @@ MODEL_FILE = "model.pt"
 LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache_size": 0},
                                          "method": {"keep_th": None, "keep_top": 0},
                                          "clean": {"stage2_checkpoint": "kept", "guard": True, "keep_rules": []},
-                                         "graph": {"self_weight": 0.0},
+                                         "graph": {"self_weight": 0.0, "index": "auto", "exact_max": 200_000,
+                                                   "nlist": 0, "nprobe": 32, "hnsw_m": 32, "ef_search": 128,
+                                                   "recall_queries": 1000},
                                          "match": {"score": "distance", "temperature": 0.05,
                                                    "min_margin": None, "min_anchors": 20}}
 """Config keys added after runs were fingerprinted without them, with their default: at that

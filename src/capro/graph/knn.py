@@ -1,10 +1,14 @@
-"""Exact inner-product kNN graphs behind a small backend interface.
+"""Inner-product kNN graphs behind a small backend interface: exact, or approximate at scale.
 
 Every backend returns, for N L2-normalised rows, ``ids`` [N, k] int64 and ``sims`` [N, k] float32
 (inner products, descending), with the node itself first: the list is the node plus its k - 1
-most similar other nodes, even when duplicates tie with it. Backends are chosen by name with
+most similar other nodes, even when duplicates tie with it. Exact backends are chosen by name with
 :func:`create_knn_backend`: ``torch`` (chunked ``X @ X.T`` + ``topk``, CPU or GPU, always there),
 ``faiss`` (``IndexFlatIP``, when faiss is installed) and ``auto`` (faiss when installed, else torch).
+Approximate ones (:func:`create_index`, faiss): ``ivf`` (an inverted file of ``nlist`` k-means
+cells, ``nprobe`` of them searched per query) and ``hnsw`` (a navigable small-world graph of
+``hnsw_m`` links per node, ``ef_search`` candidates per query); :func:`recall_at_k` measures what
+they miss against exact search on a sample of queries.
 
 Examples:
     >>> backend = create_knn_backend("torch")
@@ -152,6 +156,158 @@ def put_self_first(ids: np.ndarray, sims: np.ndarray, self_ids: np.ndarray,
     ids[:, 0] = self_ids
     sims[:, 0] = np.einsum("ij,ij->i", x, x)
     return ids, sims
+
+
+class _FaissApprox:
+    """Shared search loop of the approximate faiss indexes (built by ``_build``)."""
+
+    name = "approx"
+
+    def __init__(self, *, chunk_size: int = 65536, progress: bool = False, threads: int = 0) -> None:
+        if importlib.util.find_spec("faiss") is None:
+            raise ConfigError(f"graph.index={self.name} needs faiss; `pip install faiss-cpu` or set "
+                              "graph.index=exact")
+        self.chunk_size, self.progress, self.threads = chunk_size, progress, threads
+
+    def _build(self, x: np.ndarray):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def search(self, x: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        if self.threads:
+            faiss.omp_set_num_threads(self.threads)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        _check_k(n, k)
+        index = self._build(x)
+        ids = np.empty((n, k), dtype=np.int64)
+        sims = np.empty((n, k), dtype=np.float32)
+        for start in _progress(range(0, n, self.chunk_size), self.progress, f"kNN ({self.name})"):
+            stop = min(start + self.chunk_size, n)
+            s, i = index.search(x[start:stop], k)
+            s = np.where(i < 0, -np.inf, s)  # a cell that ran dry pads with -1
+            i, s = put_self_first(i.astype(np.int64), s, np.arange(start, stop), x[start:stop])
+            ids[start:stop] = i
+            sims[start:stop] = s
+        return ids, sims
+
+
+class FaissIvf(_FaissApprox):
+    """Approximate search with faiss ``IndexIVFFlat`` (inner product).
+
+    Args:
+        nlist: k-means cells (0 = ``4 * sqrt(N)``, at most N / 39 so each cell trains on 39 points).
+        nprobe: cells searched per query (more: higher recall, slower).
+        train_size: points the k-means is trained on (at most N).
+    """
+
+    name = "ivf"
+
+    def __init__(self, *, nlist: int = 0, nprobe: int = 32, train_size: int = 262_144, seed: int = 0,
+                 **kw) -> None:
+        super().__init__(**kw)
+        self.nlist, self.nprobe, self.train_size, self.seed = nlist, nprobe, train_size, seed
+
+    def cells(self, n: int) -> int:
+        want = self.nlist or int(4 * np.sqrt(n))
+        return int(max(1, min(want, n // 39)))
+
+    def _build(self, x: np.ndarray):
+        import faiss
+
+        n, d = x.shape
+        nlist = self.cells(n)
+        quant = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(self.seed)
+        sample = x if n <= self.train_size else x[np.sort(rng.choice(n, self.train_size, replace=False))]
+        index.cp.seed = self.seed
+        index.train(sample)
+        index.add(x)
+        index.nprobe = min(self.nprobe, nlist)
+        return index
+
+
+class FaissHnsw(_FaissApprox):
+    """Approximate search with faiss ``IndexHNSWFlat`` (inner product).
+
+    Args:
+        m: links per node. ef_construction / ef_search: candidate list sizes when building / searching.
+    """
+
+    name = "hnsw"
+
+    def __init__(self, *, m: int = 32, ef_construction: int = 80, ef_search: int = 128, **kw) -> None:
+        super().__init__(**kw)
+        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+
+    def _build(self, x: np.ndarray):
+        import faiss
+
+        index = faiss.IndexHNSWFlat(x.shape[1], self.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        index.add(x)
+        index.hnsw.efSearch = self.ef_search
+        return index
+
+
+INDEXES = ("auto", "exact", "ivf", "hnsw")
+
+
+def resolve_index(index: str, n: int, *, exact_max: int) -> str:
+    """``auto``: ``exact`` up to ``exact_max`` rows, else ``ivf`` (``exact`` without faiss)."""
+    if index not in INDEXES:
+        raise ConfigError(f"graph.index {index!r}; choose from {', '.join(INDEXES)}")
+    if index != "auto":
+        return index
+    return "exact" if n <= exact_max or not faiss_available() else "ivf"
+
+
+def create_index(index: str, *, nlist: int = 0, nprobe: int = 32, hnsw_m: int = 32, ef_construction: int = 80,
+                 ef_search: int = 128, seed: int = 0, progress: bool = False) -> KnnBackend:
+    """An approximate backend by name: ``ivf`` or ``hnsw`` (see :class:`FaissIvf`, :class:`FaissHnsw`)."""
+    if index == "ivf":
+        return FaissIvf(nlist=nlist, nprobe=nprobe, seed=seed, progress=progress)
+    if index == "hnsw":
+        return FaissHnsw(m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, progress=progress)
+    raise ConfigError(f"approximate index {index!r}; choose ivf or hnsw")
+
+
+def exact_neighbours(x: np.ndarray, queries: np.ndarray, *, k: int, device: str = "cpu",
+                     block_size: int = 65536) -> np.ndarray:
+    """[q, k] exact neighbour ids of the rows ``queries`` of ``x`` (self first), by blocks of x."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    q = xt[torch.as_tensor(queries, device=xt.device)]
+    best_s = torch.full((len(queries), k), -torch.inf, device=xt.device)
+    best_i = torch.zeros((len(queries), k), dtype=torch.int64, device=xt.device)
+    own = torch.as_tensor(queries, device=xt.device)
+    for b0 in range(0, xt.shape[0], block_size):
+        b1 = min(b0 + block_size, xt.shape[0])
+        s = q @ xt[b0:b1].T
+        inside = (own >= b0) & (own < b1)
+        s[torch.nonzero(inside).squeeze(1), own[inside] - b0] = torch.inf
+        bs, bi = torch.topk(s, min(k, b1 - b0), dim=1)
+        cat_s, cat_i = torch.cat([best_s, bs], 1), torch.cat([best_i, bi + b0], 1)
+        best_s, pos = torch.topk(cat_s, k, dim=1)
+        best_i = torch.gather(cat_i, 1, pos)
+    return best_i.cpu().numpy()
+
+
+def recall_at_k(x: np.ndarray, ids: np.ndarray, *, queries: int = 1000, seed: int = 0,
+                device: str = "cpu") -> tuple[float, int]:
+    """(recall, queries used): the share of each sampled node's k - 1 exact nearest other nodes that
+    its approximate list ``ids`` [N, k] (self first) also holds, averaged over ``queries`` nodes
+    drawn with ``seed`` (all nodes when N is smaller)."""
+    n, k = ids.shape
+    if k < 2:
+        return 1.0, 0
+    rng = np.random.default_rng(seed)
+    q = np.arange(n) if n <= queries else np.sort(rng.choice(n, queries, replace=False))
+    exact = exact_neighbours(x, q, k=k, device=device)[:, 1:]
+    approx = ids[q, 1:]
+    hits = (approx[:, :, None] == exact[:, None, :]).any(axis=2).sum(axis=1)
+    return float(hits.sum() / exact.size), len(q)
 
 
 _BACKENDS: dict[str, Callable[..., KnnBackend]] = {"torch": TorchKnn, "faiss": FaissKnn}

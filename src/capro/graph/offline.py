@@ -35,7 +35,13 @@ from capro.config import Config
 from capro.data.layout import Split
 from capro.errors import DataError
 from capro.graph.enhance import enhance_text
-from capro.graph.knn import create_knn_backend, normalize_rows
+from capro.graph.knn import (
+    create_index,
+    create_knn_backend,
+    normalize_rows,
+    recall_at_k,
+    resolve_index,
+)
 from capro.graph.match import (
     anchor_counts,
     anchor_ranking,
@@ -49,6 +55,7 @@ from capro.graph.rerank import rerank_knn
 from capro.utils.cache import fingerprint, is_done, mark_done
 from capro.utils.dist import is_main
 from capro.utils.io import atomic_write, write_json, write_jsonl
+from capro.utils.progress import progress as log_progress
 
 MATCH_FILES = ("text_distance", "text_cosine", "domain")
 
@@ -138,17 +145,40 @@ def web_labels(split: Split, num_classes: int, multi_label: bool) -> np.ndarray:
 
 
 def graph_knn(cfg: Config, features: np.ndarray, run_dir: str | Path) -> tuple[dict[str, np.ndarray], str]:
-    """kNN lists (``graph.k`` neighbours, the node included) of the L2-normalised features."""
-    fp = fingerprint({"step": "knn", "k": cfg.graph.k, "features": array_digest(features)})
+    """kNN lists (``graph.k`` neighbours, the node included) of the L2-normalised features.
+
+    ``graph.index`` chooses exact or approximate search; an approximate one measures its recall
+    against exact search on ``graph.recall_queries`` sampled nodes, prints it and records it in
+    ``graph/_steps/knn/done.json``."""
+    g = cfg.graph
+    index = resolve_index(g.index, features.shape[0], exact_max=g.exact_max)
+    params = {"step": "knn", "k": g.k, "features": array_digest(features)}
+    if index != "exact":  # exact search keeps the fingerprint it had before the key
+        params.update(index=index, **({"nlist": g.nlist, "nprobe": g.nprobe} if index == "ivf" else
+                                      {"hnsw_m": g.hnsw_m, "ef_search": g.ef_search}), seed=cfg.seed)
+    fp = fingerprint(params)
 
     def compute() -> dict[str, np.ndarray]:
-        backend = create_knn_backend(cfg.graph.backend, device=_device(cfg),
-                                     chunk_size=cfg.graph.chunk_size, progress=_progress())
-        ids, sims = backend.search(normalize_rows(features), k=cfg.graph.k)
-        return {"knn_ids": ids, "knn_sims": sims}
+        x = normalize_rows(features)
+        if index == "exact":
+            backend = create_knn_backend(g.backend, device=_device(cfg), chunk_size=g.chunk_size,
+                                         progress=_progress())
+        else:
+            backend = create_index(index, nlist=g.nlist, nprobe=g.nprobe, hnsw_m=g.hnsw_m,
+                                   ef_search=g.ef_search, seed=cfg.seed, progress=_progress())
+        ids, sims = backend.search(x, k=g.k)
+        out = {"knn_ids": ids, "knn_sims": sims}
+        if index != "exact" and g.recall_queries > 0:
+            recall, used = recall_at_k(x, ids, queries=g.recall_queries, seed=cfg.seed, device=_device(cfg))
+            out.update(recall=recall, recall_queries=used)
+            if is_main():
+                log_progress(f"kNN ({index}): recall@{g.k - 1} {recall:.3f} against exact search on "
+                             f"{used:,} sampled nodes")
+        return out
 
     return _cached(graph_dir(run_dir), "knn", fp, ("knn_ids", "knn_sims"), compute,
-                   backend=cfg.graph.backend), fp
+                   backend=g.backend if index == "exact" else index,
+                   recall=lambda o: o.get("recall"), recall_queries=lambda o: o.get("recall_queries")), fp
 
 
 def graph_rerank(cfg: Config, features: np.ndarray, run_dir: str | Path) -> tuple[dict[str, np.ndarray], str]:
