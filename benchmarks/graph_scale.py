@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "graph"))
 
 from capro.graph.enhance import enhance_text  # noqa: E402
-from capro.graph.knn import create_knn_backend, normalize_rows  # noqa: E402
+from capro.graph.knn import create_index, create_knn_backend, normalize_rows, recall_at_k  # noqa: E402
 from capro.graph.rerank import rerank_knn  # noqa: E402
 from capro.utils.io import write_json  # noqa: E402
 
@@ -124,9 +124,18 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     if args.knn == "exact":
         ids, sims = create_knn_backend(args.backend, chunk_size=args.chunk_size,
                                        progress=args.progress).search(x, k=args.k)
+    elif args.knn in ("ivf", "hnsw"):
+        ids, sims = create_index(args.knn, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
+                                 ef_search=args.ef_search, progress=args.progress).search(x, k=args.k)
     else:
         ids, sims = per_cluster_knn(x, assign, k=args.k, backend=args.backend)
     mark(f"knn_{args.knn}", t0)
+    recall = None
+    if args.knn in ("ivf", "hnsw") and args.recall_queries:
+        t0 = time.perf_counter()
+        value, used = recall_at_k(x, ids, queries=args.recall_queries)
+        recall = {"recall_at_k": value, "queries": used, "k_without_self": args.k - 1}
+        mark("recall", t0)
     verified = exact_seconds = None
     if args.verify:
         t0 = time.perf_counter()
@@ -144,7 +153,9 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "graph_pipeline", "n": args.n, "dim": args.dim, "text_dim": args.text_dim,
         "k": args.k, "keep": args.keep, "backend": args.backend, "knn": args.knn,
-        "knn_lists_equal_to_exact_global_fraction": verified,
+        "knn_lists_equal_to_exact_global_fraction": verified, "recall": recall,
+        **({"nlist": args.nlist, "nprobe": args.nprobe} if args.knn == "ivf" else {}),
+        **({"hnsw_m": args.hnsw_m, "ef_search": args.ef_search} if args.knn == "hnsw" else {}),
         "exact_global_knn_seconds": exact_seconds,
         "stages": stages, "pipeline_seconds": total, "peak_rss_gb": peak_rss_gb(),
         "isolated_nodes": int(isolated.sum()), "enhanced_finite": bool(np.isfinite(enhanced).all()),
@@ -169,7 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--keep", type=int, default=5)
     q.add_argument("--backend", default="auto")
     q.add_argument("--chunk-size", type=int, default=8192)
-    q.add_argument("--knn", choices=("exact", "per-cluster"), default="exact")
+    q.add_argument("--knn", choices=("exact", "per-cluster", "ivf", "hnsw"), default="exact",
+                   help="exact global search, exact per cluster, or an approximate faiss index")
+    q.add_argument("--nlist", type=int, default=0, help="ivf cells (0 = 4 sqrt(N))")
+    q.add_argument("--nprobe", type=int, default=32)
+    q.add_argument("--hnsw-m", type=int, default=32)
+    q.add_argument("--ef-search", type=int, default=128)
+    q.add_argument("--recall-queries", type=int, default=10_000,
+                   help="approximate indexes: nodes whose lists are checked against exact search")
     q.add_argument("--verify", action="store_true",
                    help="also run the exact global search and report how many lists equal it")
     q.add_argument("--progress", action="store_true")
