@@ -43,9 +43,13 @@ def test_rows_differ_only_where_benchmark_md_says():
     assert cfg["ce"].method.bootstrap == "none"
     assert cfg["ce"].stage1.w_inst == 0 and cfg["ce"].stage1.w_recn == 0
     assert cfg["cleanlab"] == cfg["ce"] == cfg["oracle"]
-    # the full tables were recorded when offline cleaning started from what stage 2 handed on
+    # the full tables run on the current defaults (D12: clean from stage 2's best epoch; D16-D18)
     assert cfg["capro-ft-s2best"].clean.stage2_checkpoint == "best"
-    assert cfg["capro-ft"].clean.stage2_checkpoint == "kept"
+    assert cfg["capro-ft"].clean.stage2_checkpoint == "best" and cfg["capro-ft"].clean.guard
+    assert cfg["capro"].match.min_margin == 0.0 and cfg["capro"].graph.self_weight == 0.25
+    # the quick smoke test keeps what it was recorded with
+    quick = bc.row_config("capro-ft", bc.SIZES["quick"], seed=0)
+    assert quick.clean.stage2_checkpoint == "kept" and quick.match.min_margin is None and not quick.clean.guard
     long = {row: bc.row_config(row, bc.SIZES["long"], seed=0) for row in bc.ROWS}
     assert long["capro-ft"].clean.stage2_checkpoint == "best"  # D12
     assert long["capro-ft-s2last"].clean.stage2_checkpoint == "kept" and long["capro-ft"].train.keep == "last"
@@ -57,10 +61,12 @@ def test_rows_differ_only_where_benchmark_md_says():
         assert cfg[row].stage1 == cfg["capro"].stage1
     assert cfg["capro-ft"].stage2 == cfg["capro"].stage2
     assert cfg["capro"].match.anchors == "text" and cfg["capro"].graph.enhance is True
-    # The recorded tables used the paper's instance-loss weight; the cpu preset has 0.1 since.
+    # The quick table used the paper's instance-loss weight; full runs the cpu preset's 0.1 now.
     assert bc.load_config(preset="cpu").stage1.w_inst == 0.1
     for row in ("vanilla", "mopro", "capro", "capro-ft"):
-        assert (cfg[row].stage1.w_inst, cfg[row].stage2.w_inst) == (1.0, 1.0)
+        assert (cfg[row].stage1.w_inst, cfg[row].stage2.w_inst) == (0.1, 0.1)
+        q = bc.row_config(row, bc.SIZES["quick"], seed=0)
+        assert (q.stage1.w_inst, q.stage2.w_inst) == (1.0, 1.0)
 
 
 def test_shared_steps_only_between_rows_with_equal_upstream_configs():
@@ -193,12 +199,13 @@ def test_ce_best_row_is_derived_from_ce_and_the_gap_share():
 
 
 def test_recorded_sizes_keep_their_rows_and_the_recorded_cleaning_checkpoint():
-    # the quick and full tables were recorded with these rows, cleaning from what stage 2 handed on
-    assert bc.SIZES["full"].rows == bc.RECORDED_ROWS[:-1] and bc.SIZES["quick"].rows == bc.RECORDED_ROWS
+    # the quick table was recorded with these rows, cleaning from what stage 2 handed on; the full
+    # tables now run every row (the oracle too) on the current defaults
+    assert bc.SIZES["full"].rows == bc.RECORDED_ROWS and bc.SIZES["quick"].rows == bc.RECORDED_ROWS
     for name in ("quick", "full"):
         for row in bc.RECORDED_ROWS:
             cfg = bc.row_config(row, bc.SIZES[name], 0)
-            expected = "best" if row == "capro-ft-s2best" else "kept"
+            expected = "best" if row == "capro-ft-s2best" or name == "full" else "kept"
             assert (cfg.method.keep_th, cfg.method.keep_top, cfg.clean.stage2_checkpoint) == (None, 0, expected)
     last = bc.row_config("capro-ft-s2last", bc.SIZES["long"], 0)
     ft = bc.row_config("capro-ft", bc.SIZES["long"], 0)
