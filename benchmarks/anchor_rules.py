@@ -187,8 +187,8 @@ LONG_VARIANTS: dict[str, tuple[str, ...]] = {
 """The end-to-end checks: ``capro-ft`` of the ``long`` size with D13 alone (enhanced texts, fixed
 top-K) and with the evidence floor and own-text mixing (at least 5 or 20 anchors per class), the
 fine-tune guard (D18) off, so that only the anchors differ; then on top of ``d16m20`` the keep
-rule chosen per run (D19), without and with the guard (these two reuse ``d16m20``'s stage 2)."""
-DONORS = {"rules": "d16m20", "rules+guard": "d16m20"}
+rule chosen per run (D19), without and with the guard (the second reuses the first's stage 2)."""
+DONORS = {"rules+guard": "rules"}
 LONG_OUT = RESULTS / "anchor_rules_long.json"
 
 
