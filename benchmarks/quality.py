@@ -66,7 +66,7 @@ from common import (  # noqa: E402
 )
 
 from capro.engine.signals import EXIT_PREEMPTED, Preempted  # noqa: E402
-from capro.utils.io import atomic_write, read_json, read_jsonl, write_json  # noqa: E402
+from capro.utils.io import atomic_write, link_tree, read_json, read_jsonl, write_json  # noqa: E402
 
 DEFAULT_WORK = Path(os.environ.get("CAPRO_BENCH_WORK", "/tmp/capro-bench"))
 
@@ -102,14 +102,7 @@ def ensure_data(work: Path, size: Size, profile: str, seed: int) -> Path:
 
 def _link_tree(src: Path, dst: Path) -> None:
     """Copy a directory tree as hard links (files are replaced atomically, never edited in place)."""
-
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, copy_function=link)
+    link_tree(src, dst)
 
 
 def reuse_donor_steps(row: str, run_dir: Path) -> list[str]:

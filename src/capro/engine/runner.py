@@ -58,7 +58,7 @@ from capro.eval.noise import anchor_precision, memorisation, noise_detection, re
 from capro.model.capro import CAPro
 from capro.utils.cache import file_digest, fingerprint, is_done, mark_done
 from capro.utils.dist import barrier, broadcast_object
-from capro.utils.io import atomic_write, read_json, write_json, write_jsonl
+from capro.utils.io import atomic_write, link_tree, read_json, write_json, write_jsonl
 from capro.utils.progress import progress as log_progress
 
 MODEL_FILE = "model.pt"
@@ -382,19 +382,12 @@ def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> Offl
 
 
 def _publish(src: Path, dst: Path) -> None:
-    """Replace directory ``dst`` with a copy of ``src`` (hard links where the file system allows)."""
+    """Replace directory ``dst`` with a copy of ``src`` (:func:`capro.utils.io.link_tree`)."""
     import shutil
 
     tmp = dst.with_name(dst.name + ".publishing")
     shutil.rmtree(tmp, ignore_errors=True)
-
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, tmp, copy_function=link)
+    link_tree(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
 

@@ -83,6 +83,17 @@ def text_distances(text: np.ndarray, prototypes: np.ndarray, labels: np.ndarray,
     return out
 
 
+def _web_mask(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """([N] bool rows with a valid label, [N, C] bool web-label mask) of [N] int or [N, C] labels."""
+    n = labels.shape[0]
+    if labels.ndim == 1:
+        valid = (labels >= 0) & (labels < num_classes)
+        web = np.zeros((n, num_classes), dtype=bool)
+        web[np.flatnonzero(valid), labels[valid]] = True
+        return valid, web
+    return np.ones(n, dtype=bool), labels.astype(bool)
+
+
 def prototype_softmax(cos: np.ndarray, labels: np.ndarray, *, temperature: float = 0.05) -> np.ndarray:
     """How much closer each text is to its web label's prototype than to the others.
 
@@ -103,12 +114,7 @@ def prototype_softmax(cos: np.ndarray, labels: np.ndarray, *, temperature: float
     cos = np.asarray(cos, dtype=np.float64)
     labels = np.asarray(labels)
     n, num_classes = cos.shape
-    if labels.ndim == 1:
-        valid = (labels >= 0) & (labels < num_classes)
-        web = np.zeros((n, num_classes), dtype=bool)
-        web[np.flatnonzero(valid), labels[valid]] = True
-    else:
-        web = labels.astype(bool)
+    valid, web = _web_mask(labels, num_classes)
     z = cos / temperature
     z = np.exp(z - z.max(axis=1, keepdims=True))
     others = np.where(web, 0.0, z).sum(axis=1, keepdims=True)
@@ -137,13 +143,7 @@ def text_margins(cos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     cos = np.asarray(cos, dtype=np.float64)
     labels = np.asarray(labels)
     n, num_classes = cos.shape
-    if labels.ndim == 1:
-        valid = (labels >= 0) & (labels < num_classes)
-        web = np.zeros((n, num_classes), dtype=bool)
-        web[np.flatnonzero(valid), labels[valid]] = True
-    else:
-        valid = np.ones(n, dtype=bool)
-        web = labels.astype(bool)
+    valid, web = _web_mask(labels, num_classes)
     others = np.where(web, -np.inf, cos)
     nxt = np.argmax(others, axis=1)
     best_other = others[np.arange(n), nxt]

@@ -81,3 +81,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file written by capro (trusted input; user manifests go through data.layout)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy directory ``src`` to the new ``dst`` as hard links where the file system allows (plain
+    copies elsewhere). capro replaces its files atomically and never edits them in place, so the
+    two trees never see each other's later writes."""
+    import shutil
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
