@@ -125,7 +125,7 @@ def test_exact_neighbours_of_sampled_queries_match_the_full_search():
     x = _clusters(n=700)
     full, _ = TorchKnn().search(x, k=8)
     q = np.array([0, 5, 699, 350])
-    np.testing.assert_array_equal(exact_neighbours(x, q, k=8, block_size=100), full[q])
+    np.testing.assert_array_equal(exact_neighbours(x, q, k=8, block_size=100, query_chunk=3), full[q])
 
 
 def test_index_choice_by_size():

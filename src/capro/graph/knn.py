@@ -275,23 +275,28 @@ def create_index(index: str, *, nlist: int = 0, nprobe: int = 32, hnsw_m: int = 
 
 
 def exact_neighbours(x: np.ndarray, queries: np.ndarray, *, k: int, device: str = "cpu",
-                     block_size: int = 65536) -> np.ndarray:
-    """[q, k] exact neighbour ids of the rows ``queries`` of ``x`` (self first), by blocks of x."""
+                     block_size: int = 65536, query_chunk: int = 1024) -> np.ndarray:
+    """[q, k] exact neighbour ids of the rows ``queries`` of ``x`` (self first), by chunks of
+    ``query_chunk`` queries against blocks of ``block_size`` rows (memory: one chunk x block)."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-    q = xt[torch.as_tensor(queries, device=xt.device)]
-    best_s = torch.full((len(queries), k), -torch.inf, device=xt.device)
-    best_i = torch.zeros((len(queries), k), dtype=torch.int64, device=xt.device)
-    own = torch.as_tensor(queries, device=xt.device)
-    for b0 in range(0, xt.shape[0], block_size):
-        b1 = min(b0 + block_size, xt.shape[0])
-        s = q @ xt[b0:b1].T
-        inside = (own >= b0) & (own < b1)
-        s[torch.nonzero(inside).squeeze(1), own[inside] - b0] = torch.inf
-        bs, bi = torch.topk(s, min(k, b1 - b0), dim=1)
-        cat_s, cat_i = torch.cat([best_s, bs], 1), torch.cat([best_i, bi + b0], 1)
-        best_s, pos = torch.topk(cat_s, k, dim=1)
-        best_i = torch.gather(cat_i, 1, pos)
-    return best_i.cpu().numpy()
+    queries = np.asarray(queries, dtype=np.int64)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for q0 in range(0, len(queries), query_chunk):
+        own = torch.as_tensor(queries[q0:q0 + query_chunk], device=xt.device)
+        q = xt[own]
+        best_s = torch.full((len(own), k), -torch.inf, device=xt.device)
+        best_i = torch.zeros((len(own), k), dtype=torch.int64, device=xt.device)
+        for b0 in range(0, xt.shape[0], block_size):
+            b1 = min(b0 + block_size, xt.shape[0])
+            s = q @ xt[b0:b1].T
+            inside = (own >= b0) & (own < b1)
+            s[torch.nonzero(inside).squeeze(1), own[inside] - b0] = torch.inf
+            bs, bi = torch.topk(s, min(k, b1 - b0), dim=1)
+            cat_s, cat_i = torch.cat([best_s, bs], 1), torch.cat([best_i, bi + b0], 1)
+            best_s, pos = torch.topk(cat_s, k, dim=1)
+            best_i = torch.gather(cat_i, 1, pos)
+        out[q0:q0 + len(own)] = best_i.cpu().numpy()
+    return out
 
 
 def recall_at_k(x: np.ndarray, ids: np.ndarray, *, queries: int = 1000, seed: int = 0,
