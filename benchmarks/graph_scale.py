@@ -167,6 +167,28 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     }
 
 
+def scale_table() -> str:
+    """Markdown: every global ``graph_pipeline`` result (exact, ivf, hnsw), N ascending."""
+    rows = []
+    for f in sorted(RESULTS.glob("graph_pipeline_*.json")):
+        r = json.loads(f.read_text())
+        if r.get("knn") not in ("exact", "ivf", "hnsw"):
+            continue
+        st = r["stages"]
+        sec = {k: st.get(k, {}).get("seconds") for k in (f"knn_{r['knn']}", "recall", "rerank", "enhance")}
+        recall = (r.get("recall") or {}).get("recall_at_k")
+        rows.append((r["n"], r.get("noise", 0.8), r["knn"], sec, recall, r["peak_rss_gb"], r.get("knn_only")))
+    fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
+    lines = ["| N | clusters | index | kNN s | recall@19 | recall check s | re-rank s | enhance s | peak RSS GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for n, noise, knn, sec, recall, rss, only in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
+        lines.append(f"| {n:,} | {'separated' if noise == 0.8 else 'overlapping'} | {knn} | "
+                     f"{fmt(sec[f'knn_{knn}'])} | {'exact' if knn == 'exact' else f'{recall:.4f}'} | "
+                     f"{fmt(sec['recall'])} | {'–' if only else fmt(sec['rerank'])} | "
+                     f"{'–' if only else fmt(sec['enhance'])} | {rss:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -176,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dim", type=int, default=128)
     r.add_argument("--loop-nodes", type=int, default=2_000)
     r.add_argument("--backend", default="auto")
+    sub.add_parser("table", help="write the kNN-at-scale table into BENCHMARKS.md")
     q = sub.add_parser("pipeline", help="kNN + re-rank + enhance at scale")
     q.add_argument("--n", type=int, default=1_000_000)
     q.add_argument("--dim", type=int, default=128)
@@ -200,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the exact global search and report how many lists equal it")
     q.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    if args.what == "table":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from common import update_markdown
+
+        update_markdown("knn-scale", scale_table())
+        return 0
     if args.what == "rerank":
         result, name = bench_rerank(args), "graph_rerank.json"
     else:
