@@ -183,3 +183,18 @@ def test_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
     assert plain["cleaning"]["kept"] == k["rules"]["paper"]["kept"]
     with pytest.raises(CaproError, match="is not a keep rule"):
         load_config(overrides=["clean.keep_rules=[paper,strict]"])
+
+
+def test_capro_clean_reuses_the_keep_rule_the_run_chose(tiny_web_data, tmp_path):
+    from capro.engine.runner import clean_run
+
+    # one candidate, stricter than the method's rule: clean_run must apply it, not the method's
+    over = ["model.backbone=simple_cnn", "clean.keep_rules=[top1]", "clean.guard=false"]
+    run = tmp_path / "run"
+    m = run_pipeline(tiny_web_data, run, load_config(preset="tiny", overrides=over), progress=False)
+    chosen = m["keep_rule"]["chosen"]
+    assert chosen == "top1"
+    counts = clean_run(run)
+    assert counts["kept"] == m["keep_rule"]["rules"][chosen]["kept"]
+    assert (run / "stage3a" / "samples.jsonl").read_bytes() == (
+        run / "keep_rules" / chosen / "stage3a" / "samples.jsonl").read_bytes()

@@ -617,7 +617,8 @@ def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = No
               device: str = "auto") -> dict:
     """Stage 3a on a run's stage-2 model: rewrite ``RUN/stage3a/samples.jsonl``; return the counts.
 
-    The stage's done marker is removed, so the next ``capro run`` re-derives stage 3a (and 3b)
+    With ``clean.keep_rules`` the keep rule is the one the run chose (``metrics.json``). The
+    stage's done marker is removed, so the next ``capro run`` re-derives stage 3a (and 3b)
     from the run's config.
     """
     from capro.config import config_from_dict, read_yaml
@@ -630,6 +631,12 @@ def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = No
         cfg.clean.pseudo_th = pseudo_th
     if protect_anchors is not None:
         cfg.clean.protect_anchors = protect_anchors
+    chosen = ((read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {})
+              .get("keep_rule") or {}).get("chosen")
+    if cfg.clean.keep_rules and chosen:  # D19: the rule the run chose, not the method's
+        from capro.engine.keep_rules import rule_method
+
+        cfg = dataclasses.replace(cfg, method=rule_method(cfg.method, chosen))
     ckpt = run_dir / "stage2" / "checkpoint.pt"
     if cfg.clean.stage2_checkpoint == "best" and (run_dir / "stage2" / "best.pt").is_file():
         ckpt = run_dir / "stage2" / "best.pt"
