@@ -155,46 +155,41 @@ def test_fine_tune_guard_hands_on_stage2_when_the_fine_tune_scores_lower(tiny_we
 
 
 def test_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
+    from capro.cleaning import clean_batch
+    from capro.data.layout import read_classes
     from capro.engine.keep_rules import choose, parse_rule
+    from capro.engine.runner import clean_run
+    from capro.utils.io import read_jsonl
 
     assert parse_rule("th0.3+top1") == {"keep_th": 0.3, "keep_top": 1}
     assert choose({"paper": 0.5, "top1": 0.6, "th0.3": 0.6}) == "top1"  # ties: the earlier
     assert choose({"paper": None, "top1": None}) == "paper"
     over = ["model.backbone=simple_cnn", "clean.keep_rules=[paper,top1]", "clean.guard=false"]
     run = tmp_path / "run"
-    m = run_pipeline(tiny_web_data, run, load_config(preset="tiny", overrides=over), progress=False)
+    cfg = load_config(preset="tiny", overrides=over)
+    m = run_pipeline(tiny_web_data, run, cfg, progress=False)
     k = m["keep_rule"]
     assert list(k["rules"]) == ["paper", "top1"] and k["split"] == "val"
     scores = {r: v["score"] for r, v in k["rules"].items()}
     assert k["chosen"] == choose(scores)
-    # each rule cleaned and fine-tuned on its own; the stricter rule keeps no more rows
-    assert k["rules"]["top1"]["kept"] <= k["rules"]["paper"]["kept"]
+    # each rule cleaned on its own: its counts are the cleaning rule applied to the same scores
+    names = [c.name for c in read_classes(tiny_web_data)]
+    web = torch.tensor([names.index(r["web_label"])
+                        for r in read_jsonl(run / "keep_rules" / "paper" / "stage3a" / "samples.jsonl")])
     for rule in ("paper", "top1"):
-        assert (run / "keep_rules" / rule / "stage3a" / "samples.jsonl").is_file()
+        probs = torch.from_numpy(np.load(run / "keep_rules" / rule / "stage3a" / "probs.npy"))
+        ref = clean_batch(probs, web, pseudo_th=cfg.method.pseudo_th, **parse_rule(rule))
+        got = k["rules"][rule]
+        assert (got["removed"], got["relabeled"]) == (int((~ref.clean).sum()), int(ref.relabeled.sum()))
+    assert k["rules"]["top1"]["removed"] >= k["rules"]["paper"]["removed"]
     # the chosen rule's verdicts and fine-tuned weights are the run's, scored as recorded
     chosen = run / "keep_rules" / k["chosen"]
     assert (run / "stage3a" / "samples.jsonl").read_bytes() == (chosen / "stage3a" / "samples.jsonl").read_bytes()
     model, *_ = load_run_model(run)
     assert _same_weights(load_checkpoint(chosen / "stage3b" / "checkpoint.pt")["model"], model.state_dict())
     assert m["eval"]["val"]["top1"] == pytest.approx(scores[k["chosen"]])
-    # the paper rule's run equals a plain run's stage 3a (same stage-2 weights, same rule)
-    plain = run_pipeline(tiny_web_data, tmp_path / "plain", load_config(
-        preset="tiny", overrides=["model.backbone=simple_cnn", "clean.guard=false"]), progress=False)
-    assert plain["cleaning"]["kept"] == k["rules"]["paper"]["kept"]
+    # `capro clean` re-derives stage 3a with the rule the run chose
+    assert clean_run(run)["removed"] == k["rules"][k["chosen"]]["removed"]
+    assert (run / "stage3a" / "samples.jsonl").read_bytes() == (chosen / "stage3a" / "samples.jsonl").read_bytes()
     with pytest.raises(CaproError, match="is not a keep rule"):
         load_config(overrides=["clean.keep_rules=[paper,strict]"])
-
-
-def test_capro_clean_reuses_the_keep_rule_the_run_chose(tiny_web_data, tmp_path):
-    from capro.engine.runner import clean_run
-
-    # one candidate, stricter than the method's rule: clean_run must apply it, not the method's
-    over = ["model.backbone=simple_cnn", "clean.keep_rules=[top1]", "clean.guard=false"]
-    run = tmp_path / "run"
-    m = run_pipeline(tiny_web_data, run, load_config(preset="tiny", overrides=over), progress=False)
-    chosen = m["keep_rule"]["chosen"]
-    assert chosen == "top1"
-    counts = clean_run(run)
-    assert counts["kept"] == m["keep_rule"]["rules"][chosen]["kept"]
-    assert (run / "stage3a" / "samples.jsonl").read_bytes() == (
-        run / "keep_rules" / chosen / "stage3a" / "samples.jsonl").read_bytes()
