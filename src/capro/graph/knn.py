@@ -81,58 +81,73 @@ class TorchKnn:
         sims = np.empty((n, k), dtype=np.float32)
         for start in _progress(range(0, n, self.chunk_size), self.progress, "kNN (torch)"):
             stop = min(start + self.chunk_size, n)
+            own = torch.arange(start, stop, device=self.device)
+            best_s, best_i = _block_topk(xt, own, k=k, block_size=self.block_size)
             q = xt[start:stop]
-            rows = torch.arange(stop - start, device=self.device)
-            best_s = torch.full((stop - start, k), -torch.inf, device=self.device)
-            best_i = torch.zeros((stop - start, k), dtype=torch.int64, device=self.device)
-            for b0 in range(0, n, self.block_size):
-                b1 = min(b0 + self.block_size, n)
-                s = q @ xt[b0:b1].T
-                # The node itself always ranks first: +inf on its own column, if in this block.
-                own = rows + start - b0
-                inside = (own >= 0) & (own < b1 - b0)
-                s[rows[inside], own[inside]] = torch.inf
-                kb = min(k, b1 - b0)
-                bs, bi = torch.topk(s, kb, dim=1)
-                cat_s = torch.cat([best_s, bs], dim=1)
-                cat_i = torch.cat([best_i, bi + b0], dim=1)
-                best_s, pos = torch.topk(cat_s, k, dim=1)
-                best_i = torch.gather(cat_i, 1, pos)
             best_s[:, 0] = (q * q).sum(dim=1)
             ids[start:stop] = best_i.cpu().numpy()
             sims[start:stop] = best_s.cpu().numpy()
         return ids, sims
 
 
-class FaissKnn:
-    """Exact search with faiss ``IndexFlatIP`` (CPU), queried in chunks."""
+def _block_topk(xt: torch.Tensor, own: torch.Tensor, *, k: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k (sims, ids) [q, k] of the rows ``own`` of ``xt`` [N, F] against all of ``xt``,
+    a block of ``block_size`` rows at a time with a running merge; each node itself ranks first
+    (its similarity is returned as +inf)."""
+    q = xt[own]
+    rows = torch.arange(len(own), device=xt.device)
+    best_s = torch.full((len(own), k), -torch.inf, device=xt.device)
+    best_i = torch.zeros((len(own), k), dtype=torch.int64, device=xt.device)
+    for b0 in range(0, xt.shape[0], block_size):
+        b1 = min(b0 + block_size, xt.shape[0])
+        s = q @ xt[b0:b1].T
+        inside = (own >= b0) & (own < b1)  # the node itself: +inf on its own column
+        s[rows[inside], own[inside] - b0] = torch.inf
+        bs, bi = torch.topk(s, min(k, b1 - b0), dim=1)
+        best_s, pos = torch.topk(torch.cat([best_s, bs], dim=1), k, dim=1)
+        best_i = torch.gather(torch.cat([best_i, bi + b0], dim=1), 1, pos)
+    return best_s, best_i
+
+
+class _FaissSearch:
+    """Chunked faiss search of every row against an index of all rows (built by ``_build``)."""
 
     name = "faiss"
+    setting = "graph.backend=faiss"
+    fallback = "graph.backend=torch"
 
     def __init__(self, *, chunk_size: int = 65536, progress: bool = False) -> None:
         if importlib.util.find_spec("faiss") is None:
-            raise ConfigError("graph.backend=faiss but faiss is not installed; "
-                              "`pip install faiss-cpu` or set graph.backend=torch")
-        self.chunk_size = chunk_size
-        self.progress = progress
+            raise ConfigError(f"{self.setting} needs faiss, which is not installed; "
+                              f"`pip install faiss-cpu` or set {self.fallback}")
+        self.chunk_size, self.progress = chunk_size, progress
 
-    def search(self, x: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _build(self, x: np.ndarray):
         import faiss
 
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n, d = x.shape
-        _check_k(n, k)
-        index = faiss.IndexFlatIP(d)
+        index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
+        return index
+
+    def search(self, x: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        _check_k(n, k)
+        index = self._build(x)
         ids = np.empty((n, k), dtype=np.int64)
         sims = np.empty((n, k), dtype=np.float32)
-        for start in _progress(range(0, n, self.chunk_size), self.progress, "kNN (faiss)"):
+        for start in _progress(range(0, n, self.chunk_size), self.progress, f"kNN ({self.name})"):
             stop = min(start + self.chunk_size, n)
             s, i = index.search(x[start:stop], k)
+            s = np.where(i < 0, -np.inf, s)  # an approximate index pads a short list with -1
             i, s = put_self_first(i.astype(np.int64), s, np.arange(start, stop), x[start:stop])
             ids[start:stop] = i
             sims[start:stop] = s
         return ids, sims
+
+
+class FaissKnn(_FaissSearch):
+    """Exact search with faiss ``IndexFlatIP`` (CPU), queried in chunks."""
 
 
 def put_self_first(ids: np.ndarray, sims: np.ndarray, self_ids: np.ndarray,
@@ -158,42 +173,7 @@ def put_self_first(ids: np.ndarray, sims: np.ndarray, self_ids: np.ndarray,
     return ids, sims
 
 
-class _FaissApprox:
-    """Shared search loop of the approximate faiss indexes (built by ``_build``)."""
-
-    name = "approx"
-
-    def __init__(self, *, chunk_size: int = 65536, progress: bool = False, threads: int = 0) -> None:
-        if importlib.util.find_spec("faiss") is None:
-            raise ConfigError(f"graph.index={self.name} needs faiss; `pip install faiss-cpu` or set "
-                              "graph.index=exact")
-        self.chunk_size, self.progress, self.threads = chunk_size, progress, threads
-
-    def _build(self, x: np.ndarray):  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def search(self, x: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
-        if self.threads:
-            faiss.omp_set_num_threads(self.threads)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
-        _check_k(n, k)
-        index = self._build(x)
-        ids = np.empty((n, k), dtype=np.int64)
-        sims = np.empty((n, k), dtype=np.float32)
-        for start in _progress(range(0, n, self.chunk_size), self.progress, f"kNN ({self.name})"):
-            stop = min(start + self.chunk_size, n)
-            s, i = index.search(x[start:stop], k)
-            s = np.where(i < 0, -np.inf, s)  # a cell that ran dry pads with -1
-            i, s = put_self_first(i.astype(np.int64), s, np.arange(start, stop), x[start:stop])
-            ids[start:stop] = i
-            sims[start:stop] = s
-        return ids, sims
-
-
-class FaissIvf(_FaissApprox):
+class FaissIvf(_FaissSearch):
     """Approximate search with faiss ``IndexIVFFlat`` (inner product).
 
     Args:
@@ -202,7 +182,7 @@ class FaissIvf(_FaissApprox):
         train_size: points the k-means is trained on (at most N).
     """
 
-    name = "ivf"
+    name, setting, fallback = "ivf", "graph.index=ivf", "graph.index=exact"
 
     def __init__(self, *, nlist: int = 0, nprobe: int = 32, train_size: int = 262_144, seed: int = 0,
                  **kw) -> None:
@@ -229,14 +209,14 @@ class FaissIvf(_FaissApprox):
         return index
 
 
-class FaissHnsw(_FaissApprox):
+class FaissHnsw(_FaissSearch):
     """Approximate search with faiss ``IndexHNSWFlat`` (inner product).
 
     Args:
         m: links per node. ef_construction / ef_search: candidate list sizes when building / searching.
     """
 
-    name = "hnsw"
+    name, setting, fallback = "hnsw", "graph.index=hnsw", "graph.index=exact"
 
     def __init__(self, *, m: int = 32, ef_construction: int = 80, ef_search: int = 128, **kw) -> None:
         super().__init__(**kw)
@@ -274,6 +254,7 @@ def create_index(index: str, *, nlist: int = 0, nprobe: int = 32, hnsw_m: int = 
     raise ConfigError(f"approximate index {index!r}; choose ivf or hnsw")
 
 
+@torch.no_grad()
 def exact_neighbours(x: np.ndarray, queries: np.ndarray, *, k: int, device: str = "cpu",
                      block_size: int = 65536, query_chunk: int = 1024) -> np.ndarray:
     """[q, k] exact neighbour ids of the rows ``queries`` of ``x`` (self first), by chunks of
@@ -283,19 +264,7 @@ def exact_neighbours(x: np.ndarray, queries: np.ndarray, *, k: int, device: str 
     out = np.empty((len(queries), k), dtype=np.int64)
     for q0 in range(0, len(queries), query_chunk):
         own = torch.as_tensor(queries[q0:q0 + query_chunk], device=xt.device)
-        q = xt[own]
-        best_s = torch.full((len(own), k), -torch.inf, device=xt.device)
-        best_i = torch.zeros((len(own), k), dtype=torch.int64, device=xt.device)
-        for b0 in range(0, xt.shape[0], block_size):
-            b1 = min(b0 + block_size, xt.shape[0])
-            s = q @ xt[b0:b1].T
-            inside = (own >= b0) & (own < b1)
-            s[torch.nonzero(inside).squeeze(1), own[inside] - b0] = torch.inf
-            bs, bi = torch.topk(s, min(k, b1 - b0), dim=1)
-            cat_s, cat_i = torch.cat([best_s, bs], 1), torch.cat([best_i, bi + b0], 1)
-            best_s, pos = torch.topk(cat_s, k, dim=1)
-            best_i = torch.gather(cat_i, 1, pos)
-        out[q0:q0 + len(own)] = best_i.cpu().numpy()
+        out[q0:q0 + len(own)] = _block_topk(xt, own, k=k, block_size=block_size)[1].cpu().numpy()
     return out
 
 
