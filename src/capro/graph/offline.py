@@ -286,9 +286,10 @@ def build_anchors(cfg: Config, split: Split, features: np.ndarray, text_emb: np.
     def compute() -> dict[str, np.ndarray]:
         dist = out["text_distance"]
         key = anchor_ranking(dist, out["text_cosine"], labels, score=m.score, temperature=m.temperature)
+        margins = text_margins(out["text_cosine"], labels)
         eligible = against = None
         if m.min_margin is not None and m.anchors == "text":
-            margin, _ = text_margins(out["text_cosine"], labels)
+            margin = margins[0]
             with np.errstate(invalid="ignore"):
                 eligible, against = margin >= m.min_margin, margin <= -m.min_margin
         if multi:
@@ -305,9 +306,9 @@ def build_anchors(cfg: Config, split: Split, features: np.ndarray, text_emb: np.
                                              eligible=eligible, min_anchors=m.min_anchors,
                                              class_names=names)})
         write_jsonl(match_dir(run_dir) / "anchors.jsonl",
-                    anchor_rows(split, domain, dist, labels, names, cos=out["text_cosine"],
+                    anchor_rows(split, domain, dist, labels, names, margins=margins,
                                 key=None if m.score == "distance" else key,
-                                own_cos=text_cosine(text_emb, prototypes),
+                                own_margins=text_margins(text_cosine(text_emb, prototypes), labels)[0],
                                 text_fields=cfg.data.text_fields))
         return {"domain": domain}
 
@@ -354,16 +355,6 @@ def score_rows(split: Split, labels: np.ndarray, dist: np.ndarray, cos: np.ndarr
                "top_cosines": [round(float(cos[i, c]), 6) for c in best[i]]}
 
 
-def _margin(cos_row: np.ndarray, c: int, carried: np.ndarray | int) -> tuple[float | None, int | None]:
-    """(cosine to class c minus the best cosine to a class not carried, that class)."""
-    other = cos_row.astype(np.float64)
-    other[carried] = -np.inf
-    if not np.isfinite(other).any():
-        return None, None
-    nxt = int(np.argmax(other))
-    return _num(cos_row[c] - other[nxt]), nxt
-
-
 def evidence(own_margin: float | None, margin: float | None) -> str:
     """Where an anchor's evidence came from: ``own text`` (its own text already prefers the
     class), ``neighbours`` (only the enhanced text, smoothed over its visual neighbours, does more
@@ -376,20 +367,20 @@ def evidence(own_margin: float | None, margin: float | None) -> str:
 
 
 def anchor_rows(split: Split, domain: np.ndarray, dist: np.ndarray, labels: np.ndarray,
-                names: list[str], *, cos: np.ndarray | None = None, key: np.ndarray | None = None,
-                own_cos: np.ndarray | None = None, text_fields: tuple[str, ...] | list[str] | None = None,
-                max_chars: int = 300):
+                names: list[str], *, margins: tuple[np.ndarray, np.ndarray] | None = None,
+                key: np.ndarray | None = None, own_margins: np.ndarray | None = None,
+                text_fields: tuple[str, ...] | list[str] | None = None, max_chars: int = 300):
     """One row per anchor, class by class; ``rank`` 1 = first chosen (positives: the lowest
     ranking key) or farthest (negatives). ``key``: the ranking key when it is not the distance
-    (``match.score=softmax``: the row's ``score`` is 1 - key). With ``cos`` [N, C] each row also
-    carries ``margin``, its (enhanced) text's cosine to the class's prototype minus the best
-    cosine to a class it does not carry, and ``next_class``, that class: a small or negative
-    margin marks a text that fits another class as well. With ``own_cos`` [N, C], the cosines of
-    the samples' own texts, each row adds ``text`` (its own web text, cut to ``max_chars``),
-    ``own_margin`` and ``evidence`` (:func:`evidence`)."""
+    (``match.score=softmax``: the row's ``score`` is 1 - key). With ``margins`` (the
+    :func:`capro.graph.match.text_margins` of the (enhanced) texts) each row also carries
+    ``margin``, its text's cosine to the class's prototype minus the best cosine to a class it
+    does not carry, and ``next_class``, that class: a small or negative margin marks a text that
+    fits another class as well. With ``own_margins``, the same margins of the samples' own texts,
+    each row adds ``text`` (its own web text, cut to ``max_chars``), ``own_margin`` and
+    ``evidence`` (:func:`evidence`)."""
     ids = [r.id for r in split.records]
     multi = domain.ndim == 2
-    web = labels.astype(bool) if multi else None
     for c, name in enumerate(names):
         if multi:
             col_domain, col_dist = domain[:, c], dist[:, c]
@@ -406,15 +397,15 @@ def anchor_rows(split: Split, domain: np.ndarray, dist: np.ndarray, labels: np.n
                 row = {"id": ids[i], "class": name, "rank": rank, "distance": _num(col_dist[i])}
                 if key is not None:
                     row["score"] = _num(1.0 - k[j])
-                carried = web[i] if multi else c
                 margin = None
-                if cos is not None:
-                    margin, nxt = _margin(cos[i], c, carried)
-                    if nxt is not None:
-                        row.update(margin=margin, next_class=names[nxt])
-                if own_cos is not None:
-                    own, _ = _margin(own_cos[i], c, carried)
-                    text = split.records[i].text(tuple(text_fields)) if text_fields else split.records[i].text()
+                if margins is not None:
+                    margin = _num(margins[0][i, c] if multi else margins[0][i])
+                    if margins[1][i] >= 0:
+                        row.update(margin=margin, next_class=names[margins[1][i]])
+                if own_margins is not None:
+                    own = _num(own_margins[i, c] if multi else own_margins[i])
+                    rec = split.records[i]
+                    text = rec.text(tuple(text_fields)) if text_fields else rec.text()
                     row.update(text=text[:max_chars], own_margin=own, evidence=evidence(own, margin))
                 if multi:
                     row["polarity"] = polarity
