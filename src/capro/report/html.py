@@ -309,7 +309,7 @@ def _classes(v: RunView) -> str:
         return _na(v.verdict_note)
     rows = class_table(v.names, v.verdicts, v.anchors, v.truth)
     has_truth = any("noise_web" in r for r in rows)
-    why = {c.get("class"): c for c in (v.anchor_counts or {}).get("classes", [])}
+    why = _count_entries(v.anchor_counts)
     head = ["class", "web", "kept", "relabelled away", "relabelled in", "removed", "final", "anchors"]
     if why:
         head += ["texts with evidence", "anchor count set by"]
@@ -402,13 +402,17 @@ WHY = {"cap": "K = {k} reached (the cap)", "evidence": "every text that prefers 
        "none": "no sample has this label"}
 
 
-def anchor_count_note(counts: dict | None, name: str) -> str:
-    """Why class ``name`` got the anchors it got (``match/anchor_counts.json``), or ''."""
-    for c in (counts or {}).get("classes", []):
-        if c.get("class") == name:
-            why = WHY.get(c.get("why"), str(c.get("why")))
-            return why.format(k=counts.get("topk"), e=c.get("with_evidence"), a=c.get("anchors"))
-    return ""
+def anchor_count_note(entry: dict | None, topk: int | None) -> str:
+    """Why a class got the anchors it got, from its ``match/anchor_counts.json`` entry, or ''."""
+    if not entry:
+        return ""
+    why = WHY.get(entry.get("why"), str(entry.get("why")))
+    return why.format(k=topk, e=entry.get("with_evidence"), a=entry.get("anchors"))
+
+
+def _count_entries(counts: dict | None) -> dict[str, dict]:
+    """Class name -> its ``match/anchor_counts.json`` entry."""
+    return {c.get("class"): c for c in (counts or {}).get("classes", [])}
 
 
 def _samples(v: RunView, *, per_class: int, max_classes: int) -> str:
@@ -432,6 +436,7 @@ def _samples(v: RunView, *, per_class: int, max_classes: int) -> str:
             if n in suspicious:
                 suspicious[n].append(x)
     order = list(v.names)
+    entries = _count_entries(v.anchor_counts)
     out = []
     if len(order) > max_classes:
         order.sort(key=lambda n: -sum(bool(x.get("is_label_issue")) for x in suspicious[n]))
@@ -440,7 +445,7 @@ def _samples(v: RunView, *, per_class: int, max_classes: int) -> str:
     for n in order:
         out.append(f"<h3>{_e(n)}</h3>")
         top = sorted(anchors[n], key=lambda a: a.get("rank", 0))[:per_class]
-        note = anchor_count_note(v.anchor_counts, n)
+        note = anchor_count_note(entries.get(n), (v.anchor_counts or {}).get("topk"))
         note = f"; {_e(note)}" if note else ""
         out.append(f"<div>Anchors ({len(anchors[n])}{note}; best text match first)</div><div class=thumbs>")
         out += [_thumb(v, by_id.get(a["id"]), str(a["id"]),
