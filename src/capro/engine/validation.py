@@ -84,11 +84,17 @@ def resolve_validation(cfg, data_root: str | os.PathLike, train: Split) -> Valid
                       [train.records[i] for i in held])
 
 
-def trained_split(train: Split, run_dir: str | os.PathLike) -> Split:
-    """``train`` without the rows a finished run held out (``RUN/holdout.jsonl``): the rows its
-    stages trained on, for the commands that pick a run up later."""
+def held_out_ids(run_dir: str | os.PathLike) -> set[str]:
+    """Ids of the training rows a finished run held out as its validation split
+    (``RUN/holdout.jsonl``; empty when it held none out)."""
     path = Path(run_dir) / "holdout.jsonl"
-    if not path.is_file():
+    return {r["id"] for r in read_jsonl(path)} if path.is_file() else set()
+
+
+def trained_split(train: Split, run_dir: str | os.PathLike) -> Split:
+    """``train`` without the rows a finished run held out: the rows its stages trained on, for
+    the commands that pick a run up later."""
+    held = held_out_ids(run_dir)
+    if not held:
         return train
-    held = {r["id"] for r in read_jsonl(path)}
     return dataclasses.replace(train, records=[r for r in train.records if r.id not in held])

@@ -28,10 +28,11 @@ from typing import Any
 from tqdm import tqdm
 
 from capro.data.layout import ClassInfo, Problem, Record, available_splits, read_classes, read_split
+from capro.engine.validation import held_out_ids
 from capro.errors import CaproError, DataError, UsageError
 from capro.report.rundir import check_run_dir, read_rejected, resolve_data_root
 from capro.report.verdicts import SAMPLES_PATH, load_verdicts, write_verdicts
-from capro.utils.io import read_json, read_jsonl, write_json, write_jsonl
+from capro.utils.io import read_json, write_json, write_jsonl
 
 EXPORT_FORMATS = ("jsonl", "imagefolder", "csv", "parquet")
 
@@ -169,7 +170,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, format: st
         raise DataError(f"{run / SAMPLES_PATH}: {len(unknown)} ids are not in {root / 'train.jsonl'} "
                         f"(first: {sorted(unknown)[0]!r}); pass the run's dataset with --data DIR")
     rejected = read_rejected(run)
-    held_out = {r["id"] for r in read_jsonl(run / "holdout.jsonl")} if (run / "holdout.jsonl").is_file() else set()
+    held_out = held_out_ids(run)
     folders = _folder_names(classes)
 
     out.parent.mkdir(parents=True, exist_ok=True)
