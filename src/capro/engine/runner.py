@@ -392,6 +392,15 @@ def _publish(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def stage2_weights(run_dir: Path, cfg: Config) -> Path:
+    """The stage-2 checkpoint offline cleaning and the fine-tune start from: ``best.pt`` under
+    ``clean.stage2_checkpoint=best`` when validation was scored (D12), else what stage 2 handed on."""
+    best = Path(run_dir) / "stage2" / "best.pt"
+    if cfg.clean.stage2_checkpoint == "best" and best.is_file():
+        return best
+    return Path(run_dir) / "stage2" / "checkpoint.pt"
+
+
 def _load_best(p: _Pipeline, stage: str, model: CAPro) -> None:
     """Put ``stage``'s best-validation weights into ``model`` (no-op without ``best.pt``, when no
     validation split was scored: the weights the stage handed on stay)."""
@@ -406,9 +415,7 @@ def _fine_tune_lost(p: _Pipeline, model: CAPro) -> bool:
     selecting split (rank 0); when the fine-tune scores lower, put the stage-2 weights back into
     ``model`` on every rank. Both scores go to ``p.guard`` (``metrics.json``: ``fine_tune_guard``)."""
     scorer = p.scorer()
-    stage2 = p.dir("stage2") / ("best.pt" if p.ctx.cfg.clean.stage2_checkpoint == "best" else "checkpoint.pt")
-    if not stage2.is_file():  # no validation was scored in stage 2: best.pt is absent
-        stage2 = p.dir("stage2") / "checkpoint.pt"
+    stage2 = stage2_weights(p.ctx.run_dir, p.ctx.cfg)
     verdict = None
     if scorer is not None and scorer.column is not None:
         fine = scorer(model)[scorer.column]
@@ -637,9 +644,7 @@ def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = No
         from capro.engine.keep_rules import rule_method
 
         cfg = dataclasses.replace(cfg, method=rule_method(cfg.method, chosen))
-    ckpt = run_dir / "stage2" / "checkpoint.pt"
-    if cfg.clean.stage2_checkpoint == "best" and (run_dir / "stage2" / "best.pt").is_file():
-        ckpt = run_dir / "stage2" / "best.pt"
+    ckpt = stage2_weights(run_dir, cfg)
     if not ckpt.is_file():
         raise CaproError(f"{ckpt}: not found; offline cleaning needs a finished stage 2 "
                          f"(`capro run DATA --out {run_dir}` with stage2.epochs > 0)")
