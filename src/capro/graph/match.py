@@ -191,8 +191,9 @@ def _warn_weak(weak: list[tuple[int, int, int]], class_names: list[str] | None) 
 
 
 def _take(ranked: np.ndarray, eligible: np.ndarray | None, topk: int, min_anchors: int) -> tuple[np.ndarray, bool]:
-    """The first ``topk`` of ``ranked`` that are ``eligible`` (all when None), topped up from the
-    ranking to ``min(min_anchors, len(ranked))``; and whether the top-up was needed."""
+    """The first ``topk`` of ``ranked`` that are ``eligible`` (all when None); when fewer than
+    ``min(min_anchors, topk, len(ranked))`` are, that many of the best-ranked instead; and whether
+    that replacement was needed."""
     if eligible is None:
         return ranked[:topk], False
     ok = ranked[eligible[ranked]][:topk]
