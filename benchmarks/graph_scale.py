@@ -33,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "graph"))
 
 from capro.graph.enhance import enhance_text  # noqa: E402
-from capro.graph.knn import create_index, create_knn_backend, normalize_rows, recall_at_k  # noqa: E402
+from capro.graph.knn import (  # noqa: E402
+    create_index,
+    create_knn_backend,
+    exact_neighbours,
+    normalize_rows,
+    recall_at_k,
+)
 from capro.graph.rerank import rerank_knn  # noqa: E402
 from capro.utils.io import write_json  # noqa: E402
 
@@ -114,12 +120,20 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     x, assign = synthetic_features(args.n, args.dim, noise=args.noise)
     rng = np.random.default_rng(1)
-    text = np.empty((args.n, args.text_dim), dtype=np.float32)
+    work = Path(args.work) if args.work else None
+    if work is not None:  # the texts on disk, memory-mapped, as a run holds them
+        work.mkdir(parents=True, exist_ok=True)
+        text = np.lib.format.open_memmap(work / "text.npy", mode="w+", dtype=np.float32,
+                                         shape=(args.n, args.text_dim))
+    else:
+        text = np.empty((args.n, args.text_dim), dtype=np.float32)
     for s in range(0, args.n, 100_000):
         e = min(s + 100_000, args.n)
         text[s:e] = normalize_rows(rng.standard_normal((e - s, args.text_dim), dtype=np.float32))
     mark("generate", t0)
 
+    if args.search_sample:
+        return _sampled_search(args, x, stages, mark)
     t0 = time.perf_counter()
     if args.knn == "exact":
         ids, sims = create_knn_backend(args.backend, chunk_size=args.chunk_size,
@@ -149,7 +163,9 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
         r_ids, r_dist = rerank_knn(x, ids, progress=args.progress)
         mark("rerank", t0)
         t0 = time.perf_counter()
-        enhanced, isolated = enhance_text(r_ids, r_dist, text, keep=args.keep)
+        into = None if work is None else np.lib.format.open_memmap(
+            work / "enhanced.npy", mode="w+", dtype=np.float32, shape=text.shape)
+        enhanced, isolated = enhance_text(r_ids, r_dist, text, keep=args.keep, out=into)
         mark("enhance", t0)
     total = sum(s["seconds"] for name, s in stages.items() if name != "generate")
     return {
@@ -164,6 +180,38 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
         "isolated_nodes": None if isolated is None else int(isolated.sum()),
         "enhanced_finite": None if enhanced is None else bool(np.isfinite(enhanced).all()),
         "machine": machine(),
+    }
+
+
+def _sampled_search(args: argparse.Namespace, x: np.ndarray, stages: dict, mark) -> dict:
+    """Build the approximate index over all N points, query ``--search-sample`` of them, and
+    project the full search from the time per query; recall@k on ``--recall-queries`` of them."""
+    ix = create_index(args.knn, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+    t0 = time.perf_counter()
+    index = ix.build(x)
+    mark(f"build_{args.knn}", t0)
+    rng = np.random.default_rng(2)
+    rows = np.sort(rng.choice(len(x), args.search_sample, replace=False))
+    t0 = time.perf_counter()
+    for s in range(0, len(rows), 65_536):
+        index.search(x[rows[s:s + 65_536]], args.k)
+    mark("search_sample", t0)
+    per_query = stages["search_sample"]["seconds"] / len(rows)
+    t0 = time.perf_counter()
+    q = rows[:args.recall_queries]
+    _, got = index.search(x[q], args.k)
+    exact = exact_neighbours(x, q, k=args.k)
+    hits = [len((set(a.tolist()) - {i}) & (set(b.tolist()) - {i})) for i, a, b in zip(q, got, exact)]
+    recall = float(np.sum(hits) / (len(q) * (args.k - 1)))
+    mark("recall", t0)
+    return {
+        "benchmark": "graph_knn_sampled", "n": args.n, "dim": args.dim, "k": args.k, "knn": args.knn,
+        "noise": args.noise, "queries_timed": len(rows), "seconds_per_query": per_query,
+        "projected_search_seconds": per_query * args.n,
+        "projected_knn_seconds": stages[f"build_{args.knn}"]["seconds"] + per_query * args.n,
+        "recall": {"recall_at_k": recall, "queries": len(q), "k_without_self": args.k - 1},
+        **({"nlist": ix.cells(args.n), "nprobe": args.nprobe} if args.knn == "ivf" else {}),
+        "stages": stages, "peak_rss_gb": peak_rss_gb(), "machine": machine(),
     }
 
 
@@ -222,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--verify", action="store_true",
                    help="also run the exact global search and report how many lists equal it")
     q.add_argument("--progress", action="store_true")
+    q.add_argument("--work", default="", help="keep the texts and the enhanced texts in memory-mapped files here")
+    q.add_argument("--search-sample", type=int, default=0,
+                   help="ivf/hnsw: build over all N, time this many queries and project the full search")
     args = p.parse_args(argv)
     if args.what == "table":
         sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -233,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         result, name = bench_rerank(args), "graph_rerank.json"
     else:
         tag = "" if args.noise == 0.8 else f"_noise{args.noise:g}"
-        result, name = bench_pipeline(args), f"graph_pipeline_{args.n}_{args.knn}{tag}.json"
+        result = bench_pipeline(args)
+        kind = "knn_sampled" if args.search_sample else "pipeline"
+        name = f"graph_{kind}_{args.n}_{args.knn}{tag}.json"
     write_json(RESULTS / name, result)
     print(json.dumps(result, indent=2))
     return 0

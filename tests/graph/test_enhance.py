@@ -100,3 +100,21 @@ def test_self_weight_mixes_the_own_text_back_in():
     np.testing.assert_allclose(paper[0], neighbours, rtol=1e-6)
     own, _ = enhance_text(ids, dist, text, self_weight=1.0)
     np.testing.assert_allclose(own, text)
+
+
+def test_row_blocks_into_a_memory_mapped_file_equal_one_pass(tmp_path):
+    rng = np.random.default_rng(3)
+    n, k = 50, 5
+    ids = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, k - 1))], axis=1)
+    own = np.repeat(np.arange(n)[:, None], k, axis=1)
+    ids[ids == 7] = own[ids == 7]
+    ids[7] = 7  # no edge to or from node 7: isolated, it keeps its own text
+    dist = np.sort(rng.uniform(0.0, 1.0, (n, k)), axis=1)
+    np.save(tmp_path / "text.npy", rng.normal(size=(n, 6)).astype(np.float32))
+    text = np.load(tmp_path / "text.npy", mmap_mode="r")  # read, never copied whole
+    whole, iso = enhance_text(ids, dist, np.array(text), self_weight=0.25)
+    into = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=text.shape)
+    got, iso_b = enhance_text(ids, dist, text, self_weight=0.25, out=into, chunk=8)
+    assert got is into and iso[7] and np.array_equal(iso, iso_b)
+    np.testing.assert_array_equal(np.asarray(got), whole)  # blocks of 8 rows: bit for bit
+    np.testing.assert_array_equal(np.asarray(got)[7], text[7])

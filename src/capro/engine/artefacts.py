@@ -19,6 +19,7 @@ import torch
 
 from capro.engine.evaluate import collect
 from capro.errors import CaproError
+from capro.utils.dist import is_main
 from capro.utils.io import atomic_write, write_jsonl
 
 
@@ -59,16 +60,21 @@ def write_run_artefacts(run_dir: Path, model: torch.nn.Module, eval_sets: dict[s
     """Predictions for every evaluation split, the cleanlab kNN graph, and the HTML report.
 
     ``eval_sets`` maps split -> (ids, EvalDataset). The report is best-effort: a failure there is
-    a warning, never a failed run (the metrics and the model are already written).
+    a warning, never a failed run (the metrics and the model are already written). In a
+    distributed run every rank calls (each scores its slice); rank 0 writes.
     """
     for split, (ids, dataset) in eval_sets.items():
         skipped: list[tuple[int, str]] = []
         logits, targets = collect(model, dataset, device=device, batch_size=batch_size, workers=workers,
-                                  skipped=skipped)
+                                  skipped=skipped, sharded=True)
+        if not is_main():
+            continue
         unread = {pos for pos, _ in skipped}
         ids = [i for pos, i in enumerate(ids) if pos not in unread]  # unreadable images: no row
         write_predictions(run_dir / "eval" / f"{split}_predictions.jsonl", ids, logits, targets, names,
                           multi_label=multi_label)
+    if not is_main():
+        return
     write_knn_graph(run_dir)
     from capro.report.html import write_report
 

@@ -27,22 +27,40 @@ from capro.errors import DataError
 from capro.eval.metrics import topk_accuracy
 from capro.eval.multilabel import multilabel_metrics
 from capro.eval.openset import openset_metrics
+from capro.utils.dist import gather_objects, is_main, shard_range, world_size
 
 
 @torch.no_grad()
 def collect(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 256,
             workers: int = 0, amp: torch.dtype | None = None, fn: str = "logits",
             show_progress: bool = False, desc: str = "eval",
-            skipped: list[tuple[int, str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            skipped: list[tuple[int, str]] | None = None, rows: range | None = None,
+            sharded: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` over ``dataset`` in eval mode; return (outputs [N, K] float32, targets).
 
     ``fn``: ``logits`` (forward, [N, C]) or ``features`` (``extract_features``, [N, F]).
     Samples whose image could not be read (batch ``valid`` False) are left out of both arrays;
     their (dataset position, reason) pairs are appended to ``skipped`` when given.
+    ``rows``: only these positions of ``dataset`` (all when None).
+    ``sharded``: every rank must call; each scores its slice of ``dataset``
+    (:func:`~capro.utils.dist.shard_range`, cut at batch boundaries) and every rank gets the
+    whole result, equal to one process's.
     """
+    if sharded and world_size() > 1:
+        mine: list[tuple[int, str]] = []
+        part = collect(model, dataset, device=device, batch_size=batch_size, workers=workers, amp=amp,
+                       fn=fn, show_progress=show_progress and is_main(), desc=desc, skipped=mine,
+                       rows=shard_range(len(dataset), align=batch_size))
+        parts = gather_objects((*part, mine))
+        if skipped is not None:
+            skipped += [item for _, _, bad in parts for item in bad]
+        filled = [(o, t) for o, t, _ in parts if len(t)]
+        if not filled:
+            return parts[0][0], parts[0][1]
+        return np.concatenate([o for o, _ in filled]), np.concatenate([t for _, t in filled])
     was_training = model.training
     model.eval()
-    loader = batch_loader(dataset, batch_size=batch_size, workers=workers,
+    loader = batch_loader(dataset, batch_size=batch_size, sampler=rows, workers=workers,
                           worker_init_fn=ignore_stop_signals)
     outs, targets = [], []
     call = model.extract_features if fn == "features" else model
@@ -85,21 +103,24 @@ def _report_skipped(dataset: Dataset, skipped: list[tuple[int, str]], desc: str)
     if len(skipped) == len(dataset):
         raise DataError(f"{first}: cannot read image ({reason}){more}: no image of {desc!r} could "
                         "be scored; restore the files")
-    print(f"capro: warning: {desc}: skipped {len(skipped)} unreadable images, scored "
-          f"{len(dataset) - len(skipped)} ({first}: {reason}{more})", file=sys.stderr, flush=True)
+    if is_main():
+        print(f"capro: warning: {desc}: skipped {len(skipped)} unreadable images, scored "
+              f"{len(dataset) - len(skipped)} ({first}: {reason}{more})", file=sys.stderr, flush=True)
     return {"skipped": len(skipped)}
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, *, multi_label: bool, device: torch.device,
                    batch_size: int = 256, workers: int = 0, amp: torch.dtype | None = None,
-                   show_progress: bool = False, desc: str = "eval") -> dict:
+                   show_progress: bool = False, desc: str = "eval", sharded: bool = False) -> dict:
     """Evaluate ``model`` (the plain module, not a DDP wrapper) on ``dataset``.
 
     ``n`` is the number of images scored; ``skipped`` (only when > 0) the unreadable ones.
+    ``sharded``: every rank calls, scores its slice and gets the whole result (:func:`collect`).
     """
     skipped: list[tuple[int, str]] = []
     logits, targets = collect(model, dataset, device=device, batch_size=batch_size, workers=workers,
-                              amp=amp, show_progress=show_progress, desc=desc, skipped=skipped)
+                              amp=amp, show_progress=show_progress, desc=desc, skipped=skipped,
+                              sharded=sharded)
     extra = _report_skipped(dataset, skipped, desc)
     return {**metrics_from_logits(logits, targets, multi_label=multi_label), **extra}
 

@@ -183,10 +183,10 @@ class _Pipeline:
         return self.eval_sets[split]
 
     def scorer(self) -> EpochScorer | None:
-        """Rank 0's per-epoch scorer: ``train.val_split`` (selects) and ``train.curve_splits``
-        that DATA has; None elsewhere, or when there is nothing to score."""
+        """The per-epoch scorer (every rank holds one and scores its slice): ``train.val_split``
+        (selects) and ``train.curve_splits`` that DATA has; None when there is nothing to score."""
         ctx, tc = self.ctx, self.ctx.cfg.train
-        if not ctx.is_main or tc.val_every == 0:
+        if tc.val_every == 0:
             return None
         if self._scorer is None:
             present = set(available_splits(ctx.data_root)) - {"train"}
@@ -206,11 +206,12 @@ class _Pipeline:
         return self._scorer
 
     def evaluate(self, model: CAPro, split: str) -> dict:
+        """Metrics of ``model`` on ``split``; every rank calls, scores its slice and gets them all."""
         ctx = self.ctx
         return evaluate_model(model, self.eval_set(split), multi_label=ctx.multi_label,
                               device=ctx.dist.device, batch_size=ctx.cfg.train.eval_batch_size,
                               workers=ctx.cfg.data.workers, amp=ctx.amp, show_progress=ctx.progress,
-                              desc=f"eval {split}")
+                              desc=f"eval {split}", sharded=True)
 
     def openset(self, model: CAPro) -> dict:
         """{"openset": metrics} on ``DATA/openset_test.jsonl`` for a single-label run; {} without it."""
@@ -223,11 +224,9 @@ class _Pipeline:
             amp=ctx.amp, on_bad_image=ctx.cfg.train.on_bad_image)}
 
     def stage_eval(self, model: CAPro) -> dict:
-        """Metrics of ``model`` on the evaluation split and the open-set manifest (rank 0; {}
-        elsewhere or without them)."""
-        if not self.ctx.is_main:
-            return {}
-        out = self.openset(model)
+        """Metrics of ``model`` on the evaluation split (every rank scores its slice) and the
+        open-set manifest (rank 0); {} without them."""
+        out = self.openset(model) if self.ctx.is_main else {}
         if self.eval_split is not None:
             out["eval"] = {self.eval_split: self.evaluate(model, self.eval_split)}
         return out
@@ -253,49 +252,48 @@ class _Pipeline:
         return cleaning
 
 
-def _texts(p: _Pipeline) -> tuple[np.ndarray, np.ndarray]:
-    from capro.text.pipeline import class_prototypes, encode_split_texts
-
-    ctx = p.ctx
-    return (encode_split_texts(ctx.cfg, ctx.train, ctx.run_dir),
-            class_prototypes(ctx.cfg, ctx.classes, ctx.run_dir))
-
-
 def _features(p: _Pipeline, model: CAPro) -> np.ndarray:
+    """[N, F] stage-1 features of the training split, memory-mapped from ``RUN/features/stage1.npy``
+    (every rank extracts its slice, rank 0 assembles them)."""
     path = p.dir("features") / "stage1.npy"
-    if p.done("features") and path.is_file():
+    if broadcast_object(p.done("features") and path.is_file()):
         p.cached("features")
         return np.load(path, mmap_mode="r")
     t0 = time.perf_counter()
-    feats = dump_features(p.ctx, model)
-    with atomic_write(path, "wb", encoding=None) as fh:
-        np.save(fh, feats.astype(np.float32))
-    p.stages["features"] = {"seconds": round(time.perf_counter() - t0, 3)}
-    mark_done(p.dir("features"), p.fps["features"], **p.stages["features"])
+    feats = dump_features(p.ctx, model, path, tag=p.fps["features"][:16])
+    p.stages["features"] = {"seconds": round(time.perf_counter() - t0, 3), "world_size": p.ctx.dist.world_size}
+    if p.ctx.is_main:
+        mark_done(p.dir("features"), p.fps["features"], **p.stages["features"])
     return feats
 
 
 def _anchors(p: _Pipeline, stage1_model: CAPro) -> tuple[np.ndarray, np.ndarray | None]:
-    """Anchors (``domain`` [N] int8, multi-label [N, C]) and text distances; rank 0 computes, all load."""
+    """Anchors (``domain`` [N] int8, multi-label [N, C]) and text distances. The passes over the
+    data (text encoding, features) are shared by all ranks; rank 0 builds the graph and matches;
+    all load the result."""
+    from capro.text.pipeline import class_prototypes, encode_split_texts
+
     ctx = p.ctx
     path = p.dir("anchors") / "anchors.npz"
-    if not (p.done("anchors") and path.is_file()) and ctx.is_main:
+    if broadcast_object(not (p.done("anchors") and path.is_file())):
         t0 = time.perf_counter()
-        text_emb, protos = _texts(p)
+        text_emb = encode_split_texts(ctx.cfg, ctx.train, ctx.run_dir)
         t_text = time.perf_counter() - t0
         feats = _features(p, stage1_model)
-        from capro.graph.offline import build_anchors
+        if ctx.is_main:
+            from capro.graph.offline import build_anchors
 
-        t1 = time.perf_counter()
-        res = build_anchors(ctx.cfg, ctx.train, np.asarray(feats), np.asarray(text_emb),
-                            np.asarray(protos), ctx.run_dir, seed=ctx.cfg.seed)
-        dist = res.text_distance if res.text_distance is not None else np.full(len(ctx.train), np.nan)
-        with atomic_write(path, "wb", encoding=None) as fh:
-            np.savez(fh, domain=np.asarray(res.domain, np.int8), text_distance=np.asarray(dist, np.float32))
-        p.stages["text"] = {"seconds": round(t_text, 3)}
-        p.stages["anchors"] = {"seconds": round(time.perf_counter() - t1, 3),
-                               "n_anchors": int(anchor_mask(np.asarray(res.domain)).sum())}
-        mark_done(p.dir("anchors"), p.fps["anchors"], **p.stages["anchors"], text_seconds=round(t_text, 3))
+            t1 = time.perf_counter()
+            protos = class_prototypes(ctx.cfg, ctx.classes, ctx.run_dir)
+            res = build_anchors(ctx.cfg, ctx.train, np.asarray(feats), np.asarray(text_emb),
+                                np.asarray(protos), ctx.run_dir, seed=ctx.cfg.seed)
+            dist = res.text_distance if res.text_distance is not None else np.full(len(ctx.train), np.nan)
+            with atomic_write(path, "wb", encoding=None) as fh:
+                np.savez(fh, domain=np.asarray(res.domain, np.int8), text_distance=np.asarray(dist, np.float32))
+            p.stages["text"] = {"seconds": round(t_text, 3), "world_size": ctx.dist.world_size}
+            p.stages["anchors"] = {"seconds": round(time.perf_counter() - t1, 3),
+                                   "n_anchors": int(anchor_mask(np.asarray(res.domain)).sum())}
+            mark_done(p.dir("anchors"), p.fps["anchors"], **p.stages["anchors"], text_seconds=round(t_text, 3))
     barrier()
     if "anchors" not in p.stages:
         p.cached("anchors")
@@ -307,16 +305,18 @@ def _anchors(p: _Pipeline, stage1_model: CAPro) -> tuple[np.ndarray, np.ndarray 
 
 
 def _offline_clean(p: _Pipeline, model: CAPro, domain, text_distance) -> OfflineCleaning:
+    """Stage 3a: every rank scores its slice of the images, rank 0 writes the verdicts, all load them."""
     path = p.dir("stage3a") / "verdicts.npz"
     ctx = p.ctx
-    if not (p.done("stage3a") and path.is_file()) and ctx.is_main:
+    if broadcast_object(not (p.done("stage3a") and path.is_file())):
         t0 = time.perf_counter()
         verdict = offline_clean(ctx, model, domain, text_distance)
-        with atomic_write(path, "wb", encoding=None) as fh:
-            np.savez(fh, target=verdict.target, clean=verdict.clean, relabeled=verdict.relabeled)
-        write_json(p.dir("stage3a") / "summary.json", verdict.counts())
-        p.stages["stage3a"] = {"seconds": round(time.perf_counter() - t0, 3), **verdict.counts()}
-        mark_done(p.dir("stage3a"), p.fps["stage3a"], **p.stages["stage3a"])
+        if verdict is not None:  # rank 0
+            with atomic_write(path, "wb", encoding=None) as fh:
+                np.savez(fh, target=verdict.target, clean=verdict.clean, relabeled=verdict.relabeled)
+            write_json(p.dir("stage3a") / "summary.json", verdict.counts())
+            p.stages["stage3a"] = {"seconds": round(time.perf_counter() - t0, 3), **verdict.counts()}
+            mark_done(p.dir("stage3a"), p.fps["stage3a"], **p.stages["stage3a"])
     barrier()
     if "stage3a" not in p.stages:
         p.cached("stage3a")
@@ -483,7 +483,8 @@ def train_truth_metrics(ctx: RunContext, truth: dict[str, dict], *, domain: np.n
 
 def fit_to_training_labels(ctx: RunContext, model: CAPro, truth: dict[str, dict]) -> dict | None:
     """:func:`~capro.eval.noise.memorisation` of ``model`` on its training rows (test transform);
-    None for multi-label data or without a truth row for every sample."""
+    None for multi-label data or without a truth row for every sample. Every rank calls (each
+    scores its slice)."""
     from capro.engine.evaluate import collect
 
     true = _truth_arrays(ctx, truth)
@@ -493,7 +494,7 @@ def fit_to_training_labels(ctx: RunContext, model: CAPro, truth: dict[str, dict]
     with torch.random.fork_rng(devices=[]):
         logits, _ = collect(model, ctx.eval_dataset(), device=ctx.dist.device,
                             batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
-                            amp=ctx.amp, skipped=skipped)
+                            amp=ctx.amp, skipped=skipped, sharded=True)
     keep = np.setdiff1d(np.arange(len(ctx.train)), [i for i, _ in skipped])
     return memorisation(logits.argmax(axis=1), ctx.web_targets()[keep], true[keep])
 
@@ -580,9 +581,15 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                 final_stage = "stage2"
 
     metrics: dict[str, Any] = {}
+    # the passes over the data are shared by every rank; rank 0 writes
+    t_eval = time.perf_counter()
+    evals = {s: p.evaluate(model, s) for s in _eval_splits(data_root, cfg)}
+    p.stages["eval"] = {"seconds": round(time.perf_counter() - t_eval, 3), "world_size": info.world_size}
+    truth = read_truth(data_root)
+    fit = fit_to_training_labels(ctx, model, truth) if truth else None
     if info.is_main:
         _save_model(run_dir / MODEL_FILE, model, classes, cfg, stage=final_stage, multi_label=multi)
-        metrics = {"eval": {s: p.evaluate(model, s) for s in _eval_splits(data_root, cfg)},
+        metrics = {"eval": evals,
                    "final_stage": final_stage, "multi_label": multi, "world_size": info.world_size,
                    "n_train": len(train), "stages": p.stages,
                    "validation": {"split": validation.split, "labels": validation.labels,
@@ -603,17 +610,15 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                                    "removed": int(removed.sum()), "source": "stage2-online"}
         else:
             metrics["cleaning"] = {"kept": len(train), "relabeled": 0, "removed": 0, "source": "none"}
-        truth = read_truth(data_root)
         if truth:
             tt = train_truth_metrics(ctx, truth, domain=domain, final=final, flagged_relabel=flagged,
                                      removed=removed)
             if tt is not None:
-                fit = fit_to_training_labels(ctx, model, truth)
                 metrics["train_truth"] = {**tt, **({"memorisation": fit} if fit else {})}
         write_json(run_dir / "metrics.json", metrics)
-        write_run_artefacts(run_dir, model, {s: ([r.id for r in ds.records], ds) for s, ds in p.eval_sets.items()},
-                            [c.name for c in classes], multi_label=multi, device=info.device,
-                            batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers)
+    write_run_artefacts(run_dir, model, {s: ([r.id for r in ds.records], ds) for s, ds in p.eval_sets.items()},
+                        [c.name for c in classes], multi_label=multi, device=info.device,
+                        batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers)
     barrier()
     return metrics
 

@@ -1,8 +1,9 @@
 """Scoring after every epoch and keeping the best one (``train.val_split``, ``train.keep``).
 
-After each training epoch, rank 0 scores the model on the validation split (single-label top-1,
+After each training epoch the model is scored on the validation split (single-label top-1,
 multi-label macro mAP) and on any ``train.curve_splits``; the scores become ``log.csv`` columns
-named ``<split>_<metric>``. Only the validation score selects: when it beats every earlier epoch
+named ``<split>_<metric>``. Every rank scores its slice of each split and the scores are
+gathered, so all ranks hold the same scores and agree on the best epoch. Only the validation score selects: when it beats every earlier epoch
 of the stage, the weights and the online-cleaning state are written to ``RUN/<stage>/best.pt``,
 and with ``train.keep=best`` the stage ends with them. Curve splits (the benchmarks put ``test``
 there) are recorded for plots and never select anything (D7).
@@ -28,7 +29,8 @@ def score_key(multi_label: bool) -> str:
 
 @dataclass
 class EpochScorer:
-    """Scores a model on the selecting split and the curve splits (rank 0 only).
+    """Scores a model on the selecting split and the curve splits (every rank calls, each scores
+    its slice; all get the same scores).
 
     ``select``: the split whose score chooses the kept epoch (None: nothing selects);
     ``splits``: split -> dataset, ``select`` first.
@@ -62,7 +64,8 @@ class EpochScorer:
         with torch.random.fork_rng(devices=[]):
             for split, ds in self.splits.items():
                 logits, targets = collect(model, ds, device=self.device, batch_size=self.batch_size,
-                                          workers=self.workers, amp=self.amp, desc=f"score {split}")
+                                          workers=self.workers, amp=self.amp, desc=f"score {split}",
+                                          sharded=True)
                 if len(targets):
                     m = metrics_from_logits(logits, targets, multi_label=self.multi_label)
                     out[f"{split}_{self.metric}"] = float(m[self.metric])

@@ -60,6 +60,7 @@ from capro.engine.loop import (
 )
 from capro.engine.schedule import epoch_lr, set_lr
 from capro.engine.selection import BestEpoch, EpochScorer
+from capro.engine.shards import write_sharded
 from capro.engine.signals import (
     GracefulStop,
     Preempted,
@@ -70,7 +71,7 @@ from capro.errors import CaproError, DataError
 from capro.losses import pos_weights
 from capro.model.capro import CAPro, StepFlags
 from capro.report.verdicts import verdict_row, write_verdicts
-from capro.utils.dist import barrier, concat_all_gather, world_size
+from capro.utils.dist import barrier, gather_objects, shard_range
 from capro.utils.io import atomic_write
 from capro.utils.progress import epoch_line, progress, stage_line
 
@@ -212,9 +213,10 @@ def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epo
                           bad: BadImageLog | None = None) -> int:
     """Prototypes from the momentum-encoder embeddings of every anchor (weak view, eval mode, §3.5).
 
-    Every rank embeds all anchors in the same order, so all ranks set identical prototypes.
-    An anchor whose image cannot be read on any rank is left out (and given to ``bad``).
-    Returns the number of anchors used.
+    Every rank embeds its slice of the anchors (cut at batch boundaries) and the embeddings are
+    gathered in order, so all ranks set identical prototypes, equal to one process's. An anchor
+    whose image cannot be read is left out (and given to ``bad``). Returns the number of anchors
+    used.
     """
     idx = np.flatnonzero(anchor_mask(domain))
     if idx.size == 0:
@@ -223,26 +225,31 @@ def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epo
     targets = ctx.web_targets()[idx]
     ds = ctx.train_dataset(records=[ctx.train.records[i] for i in idx], indices=idx, targets=targets)
     ds.set_epoch(epoch)
-    loader = batch_loader(ds, batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
-                          worker_init_fn=ignore_stop_signals)
+    batch_size = ctx.cfg.train.eval_batch_size
+    loader = batch_loader(ds, batch_size=batch_size, sampler=shard_range(len(ds), align=batch_size),
+                          workers=ctx.cfg.data.workers, worker_init_fn=ignore_stop_signals)
     was_training = model.training
     model.eval()
     z, valid, errors = [], [], []
     for b in loader:
         b = finish_batch(ds, b, strong=False)
-        z.append(model.anchor_embeddings(b["img"].to(ctx.dist.device)))
+        z.append(model.anchor_embeddings(b["img"].to(ctx.dist.device), shuffle=False).cpu())
         valid.append(b["valid"])
         errors += b["error"]
     model.train(was_training)
-    ok = torch.cat(valid).to(ctx.dist.device)
-    ok = concat_all_gather(ok).view(world_size(), -1).all(dim=0)  # the same anchors on every rank
+    parts = [part for part in gather_objects((z, valid, errors)) if part[0]]
+    z = [t for part in parts for t in part[0]]
+    ok = torch.cat([t for part in parts for t in part[1]])
+    errors = [e for part in parts for e in part[2]]
     if bad is not None and not bool(ok.all()):
-        bad.add([(int(idx[j]), errors[j] or "unreadable in another process")
-                 for j in np.flatnonzero(~ok.cpu().numpy())], during="prototypes", epoch=epoch, step=0)
+        bad.add([(int(idx[j]), errors[j] or "unreadable") for j in np.flatnonzero(~ok.numpy())],
+                during="prototypes", epoch=epoch, step=0)
     if not bool(ok.any()):
         warnings.warn("no anchor image could be read: prototypes were not initialised", stacklevel=2)
         return 0
-    model.initialise_prototypes(torch.cat(z)[ok], torch.as_tensor(targets).to(ctx.dist.device)[ok])
+    ok = ok.to(ctx.dist.device)
+    device = ctx.dist.device
+    model.initialise_prototypes(torch.cat(z).to(device)[ok], torch.as_tensor(targets).to(device)[ok])
     return int(ok.sum())
 
 
@@ -253,7 +260,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     epoch by validation.
 
     Resumes from ``RUN/<name>/last.pt`` when ``ctx.resume`` and the checkpoint's fingerprint matches.
-    ``domain`` (anchors) is needed when the stage initialises prototypes. With ``scorer`` (rank 0),
+    ``domain`` (anchors) is needed when the stage initialises prototypes. With ``scorer`` (on every rank),
     every due epoch is scored into ``log.csv`` and the best one is kept in ``RUN/<name>/best.pt``;
     with ``train.keep=best`` the model and cleaning state end as at that epoch
     (:mod:`capro.engine.selection`).
@@ -324,16 +331,17 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             })
 
     def score(epoch: int) -> dict[str, float]:
-        """Rank 0: the epoch's scores; a new best is written to ``best.pt``."""
-        if scorer is None or not ctx.is_main or not scorer.due(epoch, st.epochs):
+        """The epoch's scores (every rank scores its slice); rank 0 writes a new best to ``best.pt``."""
+        if scorer is None or not scorer.due(epoch, st.epochs):
             return {}
         scores = scorer(model)
         value = scores.get(scorer.column) if scorer.column else None
         if best.improves(value):
             best.update(epoch, value)
-            save_checkpoint(best_path, {"fingerprint": fingerprint, "stage": name, "epoch": epoch,
-                                        "score": value, "metric": scorer.column,
-                                        "model": model.state_dict(), "cleaning": cleaning.state_dict()})
+            if ctx.is_main:
+                save_checkpoint(best_path, {"fingerprint": fingerprint, "stage": name, "epoch": epoch,
+                                            "score": value, "metric": scorer.column,
+                                            "model": model.state_dict(), "cleaning": cleaning.state_dict()})
         return scores
 
     frozen_now: bool | None = None
@@ -408,29 +416,37 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     return cleaning, best
 
 
-def dump_features(ctx: RunContext, model: CAPro) -> np.ndarray:
-    """[N, F] float32 ``encoder_q`` features of the training split (test transform, eval mode).
+def dump_features(ctx: RunContext, model: CAPro, out: Path, *, tag: str) -> np.ndarray:
+    """Write the [N, F] float32 ``encoder_q`` features of the training split (test transform, eval
+    mode) to ``out`` (``.npy``); return them memory-mapped.
 
-    An image that cannot be read gets a zero row (no similarity to any sample in the kNN graph)
-    and a row in ``RUN/features/bad_images.jsonl``.
+    Every rank must call: each extracts its slice into a file under ``tag`` (resumed slice by slice,
+    :mod:`capro.engine.shards`) and rank 0 assembles them. An image that cannot be read gets a
+    zero row (no similarity to any sample in the kNN graph) and a row in
+    ``RUN/features/bad_images.jsonl``.
     """
-    bad = ctx.bad_image_log("features")
-    bad.start()
-    skipped: list[tuple[int, str]] = []
-    feats, _ = collect(model, ctx.eval_dataset(), device=ctx.dist.device,
-                       batch_size=ctx.cfg.train.eval_batch_size, workers=ctx.cfg.data.workers,
-                       amp=ctx.amp, fn="features", show_progress=ctx.progress, desc="features",
-                       skipped=skipped)
-    if not skipped:
-        return feats
-    bad.add(skipped, during="features")
-    n = len(ctx.train)
-    if len(skipped) == n:
-        raise DataError(f"{ctx.data_root}: none of the {n} training images could be read (see "
-                        f"{bad.path}); restore the files")
-    full = np.zeros((n, feats.shape[1]), np.float32)
-    full[np.setdiff1d(np.arange(n), [i for i, _ in skipped])] = feats
-    return full
+    batch = ctx.cfg.train.eval_batch_size
+    dataset = ctx.eval_dataset()
+
+    def extract(rows: range) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        bad: list[tuple[int, str]] = []
+        feats, _ = collect(model, dataset, device=ctx.dist.device, batch_size=batch, workers=ctx.cfg.data.workers,
+                           amp=ctx.amp, fn="features", show_progress=ctx.progress, desc="features",
+                           skipped=bad, rows=rows)
+        if not bad:
+            return feats, bad
+        full = np.zeros((len(rows), feats.shape[1]), np.float32)
+        full[np.setdiff1d(np.arange(len(rows)), [i - rows.start for i, _ in bad])] = feats
+        return full, bad
+
+    skipped = write_sharded(out, len(ctx.train), align=batch, tag=tag, compute=extract)
+    log = ctx.bad_image_log("features")
+    log.start()
+    log.add(skipped, during="features")
+    if len(skipped) == len(ctx.train):
+        raise DataError(f"{ctx.data_root}: none of the {len(ctx.train)} training images could be read "
+                        f"(see {log.path}); restore the files")
+    return np.load(out, mmap_mode="r")
 
 
 @dataclass
@@ -447,18 +463,15 @@ class OfflineCleaning:
 
 
 @torch.no_grad()
-def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
-                  text_distance: np.ndarray | None) -> OfflineCleaning:
-    """Stage 3a (§3.8): score every training image with the stage-2 model and apply the
-    keep/relabel rules once; write ``RUN/stage3a/samples.jsonl``.
-
-    Unlike the released code (training transform, random), this uses the deterministic test
-    transform in eval mode (D7), so the verdicts are reproducible.
-    """
-    cfg = ctx.cfg
-    device = ctx.dist.device
+def _cleaning_scores(ctx: RunContext, model: CAPro) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor],
+                                                             list[tuple[int, str]]]:
+    """Stage 3a's pass over the training split: scores s [N, C], readable [N] bool, the nearest
+    prototype per batch (single-label) and the unreadable (position, reason) pairs. Every rank
+    scores its slice (cut at batch boundaries) and gets the whole result."""
+    cfg, device = ctx.cfg, ctx.dist.device
     model.eval()
     loader = batch_loader(ctx.eval_dataset(), batch_size=cfg.train.eval_batch_size,
+                          sampler=shard_range(len(ctx.train), align=cfg.train.eval_batch_size),
                           workers=cfg.data.workers, worker_init_fn=ignore_stop_signals)
     scores, nearest, valid, skipped = [], [], [], []
     protos = model.prototypes
@@ -470,8 +483,27 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
         if not ctx.multi_label:
             nearest.append((out["embedding"] @ protos.t()).argmax(dim=1).cpu())
     model.train()
-    s = torch.cat(scores)
-    ok = torch.cat(valid)
+    parts = [part for part in gather_objects((scores, valid, nearest, skipped)) if part[0]]
+    return (torch.cat([t for part in parts for t in part[0]]), torch.cat([t for part in parts for t in part[1]]),
+            [t for part in parts for t in part[2]], [item for part in parts for item in part[3]])
+
+
+@torch.no_grad()
+def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
+                  text_distance: np.ndarray | None) -> OfflineCleaning | None:
+    """Stage 3a (§3.8): score every training image with the stage-2 model and apply the
+    keep/relabel rules once; write ``RUN/stage3a/samples.jsonl``.
+
+    In a distributed run every rank calls and scores its slice of the images; rank 0 applies
+    the rules, writes the files and returns the verdicts (the other ranks return None).
+
+    Unlike the released code (training transform, random), this uses the deterministic test
+    transform in eval mode (D7), so the verdicts are reproducible.
+    """
+    cfg = ctx.cfg
+    s, ok, nearest, skipped = _cleaning_scores(ctx, model)
+    if not ctx.is_main:
+        return None
     bad = ctx.bad_image_log("stage3a")
     bad.start()
     bad.add(skipped, during="cleaning")

@@ -52,28 +52,39 @@ def smoothing_matrix(ids: np.ndarray, weights: np.ndarray, *, n: int | None = No
 
 
 def enhance_text(ids: np.ndarray, dist: np.ndarray, text: np.ndarray, *, keep: int | None = None,
-                 edge_weight: str = "similarity", self_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                 edge_weight: str = "similarity", self_weight: float = 0.0, out: np.ndarray | None = None,
+                 chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """Smooth text embeddings over the first ``keep`` entries of each re-ranked kNN list.
 
     Args:
         ids: [N, k] re-ranked neighbour ids (the node itself may be listed; it is dropped).
         dist: [N, k] their re-ranked distances.
-        text: [N, D] text embeddings.
+        text: [N, D] text embeddings (may be memory-mapped: it is read, never copied whole).
         keep: neighbours kept per node (default all k).
         edge_weight: ``similarity`` or ``distance`` (see module docstring).
         self_weight: weight in [0, 1] of the node's own text in the result (0 = the paper).
+        out: [N, D] float32 array to write into (e.g. a memory-mapped file); a new one when None.
+        chunk: rows computed at a time; besides ``out`` and the N x k graph, memory holds
+            ``chunk`` x D floats.
 
     Returns:
-        enhanced [N, D] float32 (computed in float32, as released), and isolated [N] bool (nodes
-        that kept their own text).
+        enhanced [N, D] float32 (computed in float32, as released; ``out`` when given), and
+        isolated [N] bool (nodes that kept their own text).
     """
     keep = ids.shape[1] if keep is None else keep
     w = edge_weights(dist[:, :keep], mode=edge_weight)
-    adj = smoothing_matrix(ids[:, :keep], w, n=text.shape[0])
-    text32 = np.asarray(text, dtype=np.float32)
-    out = np.asarray(adj.astype(np.float32) @ text32, dtype=np.float32)
+    adj = smoothing_matrix(ids[:, :keep], w, n=text.shape[0]).astype(np.float32)
     isolated = np.diff(adj.indptr) == 0
-    out[isolated] = text32[isolated]
-    if self_weight > 0:
-        out = (np.float32(self_weight) * text32 + np.float32(1.0 - self_weight) * out).astype(np.float32)
+    text32 = text if text.dtype == np.float32 else np.asarray(text, dtype=np.float32)
+    n = text.shape[0]
+    out = np.empty((n, text.shape[1]), np.float32) if out is None else out
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = np.asarray(adj[start:stop] @ text32, dtype=np.float32)
+        own = np.asarray(text32[start:stop])
+        iso = isolated[start:stop]
+        block[iso] = own[iso]
+        if self_weight > 0:
+            block = (np.float32(self_weight) * own + np.float32(1.0 - self_weight) * block).astype(np.float32)
+        out[start:stop] = block
     return out, isolated

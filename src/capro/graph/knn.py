@@ -110,7 +110,7 @@ def _block_topk(xt: torch.Tensor, own: torch.Tensor, *, k: int, block_size: int)
 
 
 class _FaissSearch:
-    """Chunked faiss search of every row against an index of all rows (built by ``_build``)."""
+    """Chunked faiss search of every row against an index of all rows (built by ``build``)."""
 
     name = "faiss"
     setting = "graph.backend=faiss"
@@ -122,7 +122,8 @@ class _FaissSearch:
                               f"`pip install faiss-cpu` or set {self.fallback}")
         self.chunk_size, self.progress = chunk_size, progress
 
-    def _build(self, x: np.ndarray):
+    def build(self, x: np.ndarray):
+        """The faiss index of the [N, d] float32 rows ``x``."""
         import faiss
 
         index = faiss.IndexFlatIP(x.shape[1])
@@ -133,7 +134,7 @@ class _FaissSearch:
         x = np.ascontiguousarray(x, dtype=np.float32)
         n = x.shape[0]
         _check_k(n, k)
-        index = self._build(x)
+        index = self.build(x)
         ids = np.empty((n, k), dtype=np.int64)
         sims = np.empty((n, k), dtype=np.float32)
         for start in _progress(range(0, n, self.chunk_size), self.progress, f"kNN ({self.name})"):
@@ -193,7 +194,8 @@ class FaissIvf(_FaissSearch):
         want = self.nlist or int(4 * np.sqrt(n))
         return int(max(1, min(want, n // 39)))
 
-    def _build(self, x: np.ndarray):
+    def build(self, x: np.ndarray):
+        """The faiss index of the [N, d] float32 rows ``x``."""
         import faiss
 
         n, d = x.shape
@@ -222,7 +224,8 @@ class FaissHnsw(_FaissSearch):
         super().__init__(**kw)
         self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
 
-    def _build(self, x: np.ndarray):
+    def build(self, x: np.ndarray):
+        """The faiss index of the [N, d] float32 rows ``x``."""
         import faiss
 
         index = faiss.IndexHNSWFlat(x.shape[1], self.m, faiss.METRIC_INNER_PRODUCT)

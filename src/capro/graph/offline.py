@@ -23,6 +23,7 @@ one process (rank 0); nothing here synchronises ranks.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,8 +100,19 @@ def array_digest(a: np.ndarray) -> str:
 
 
 def save_npy(path: Path, a: np.ndarray) -> None:
+    """Write ``a`` to ``path`` atomically; an array memory-mapped from :func:`partial_npy` of
+    ``path`` is flushed and renamed instead of copied."""
+    if isinstance(a, np.memmap) and a.filename is not None and Path(a.filename) == partial_npy(path):
+        a.flush()
+        os.replace(partial_npy(path), path)
+        return
     with atomic_write(path, "wb", encoding=None) as fh:
         np.save(fh, a)
+
+
+def partial_npy(path: Path) -> Path:
+    """Where a step writes a large ``.npy`` output row block by row block before it is complete."""
+    return path.with_name(path.stem + ".partial.npy")
 
 
 def _device(cfg: Config) -> str:
@@ -114,12 +126,13 @@ def _progress() -> bool:
 
 
 def _cached(base: Path, step: str, fp: str, names: tuple[str, ...],
-            compute: Callable[[], dict[str, np.ndarray]], **info) -> dict[str, np.ndarray]:
-    """Load ``base/<name>.npy`` when ``step`` is done with fingerprint ``fp``, else compute + save."""
+            compute: Callable[[], dict[str, np.ndarray]], *, mmap: bool = False, **info) -> dict[str, np.ndarray]:
+    """Load ``base/<name>.npy`` (memory-mapped with ``mmap``) when ``step`` is done with
+    fingerprint ``fp``, else compute + save."""
     step_dir = base / "_steps" / step
     paths = {n: base / f"{n}.npy" for n in names}
     if is_done(step_dir, fp) and all(p.is_file() for p in paths.values()):
-        return {n: np.load(p) for n, p in paths.items()}
+        return {n: np.load(p, mmap_mode="r" if mmap else None) for n, p in paths.items()}
     out = compute()
     for n, p in paths.items():
         save_npy(p, out[n])
@@ -219,11 +232,15 @@ def graph_enhance(cfg: Config, features: np.ndarray, text_emb: np.ndarray,
     fp = fingerprint(params)
 
     def compute() -> dict[str, np.ndarray]:
+        # written row block by row block into a file: memory holds no second N x D copy
+        path = graph_dir(run_dir) / "enhanced.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        into = np.lib.format.open_memmap(partial_npy(path), mode="w+", dtype=np.float32, shape=text_emb.shape)
         enhanced, isolated = enhance_text(rr["rerank_ids"], rr["rerank_dist"], text_emb, keep=g.keep,
-                                          edge_weight=mode, self_weight=g.self_weight)
+                                          edge_weight=mode, self_weight=g.self_weight, out=into)
         return {"enhanced": enhanced, "isolated": isolated}
 
-    out = _cached(graph_dir(run_dir), "enhance", fp, ("enhanced",), compute,
+    out = _cached(graph_dir(run_dir), "enhance", fp, ("enhanced",), compute, mmap=True,
                   isolated=lambda o: int(o["isolated"].sum()))
     return out["enhanced"], fp
 

@@ -209,12 +209,14 @@ class CAPro(nn.Module):
 
     # ------------------------------------------------------------------ prototypes
     @torch.no_grad()
-    def anchor_embeddings(self, x: Tensor) -> Tensor:
+    def anchor_embeddings(self, x: Tensor, *, shuffle: bool = True) -> Tensor:
         """Momentum-encoder embeddings of anchor images: [B, D] (multi-label [B, C, D]).
 
-        Uses shuffle-BN across ranks when every rank passes the same batch size (else no shuffle).
+        With ``shuffle``, uses shuffle-BN across ranks when every rank passes the same batch size
+        (else no shuffle); every rank must then call. ``shuffle=False`` involves no other rank
+        (in eval mode batch norm uses its running statistics, so shuffling changes nothing).
         """
-        if is_dist() and world_size() > 1 and _same_size_on_all_ranks(x.shape[0], x.device):
+        if shuffle and is_dist() and world_size() > 1 and _same_size_on_all_ranks(x.shape[0], x.device):
             x, idx_unshuffle = self._batch_shuffle_ddp(x)
             k = self._batch_unshuffle_ddp(self._project_key(self.encoder_k(x)), idx_unshuffle)
         else:

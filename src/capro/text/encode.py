@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from capro.errors import ConfigError
-from capro.utils.dist import is_main
+from capro.utils.dist import barrier, broadcast_object, is_main, rank, world_size
 from capro.utils.io import atomic_write, read_json, write_json
 
 ENCODERS = ("minilm", "<path to a sentence-transformers dir>", "<path to a Hugging Face model dir>")
@@ -182,19 +182,33 @@ def _partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial.npy")
 
 
-def _open_work_file(work: Path, progress: Path, fp: str, shape: tuple[int, int]) -> tuple[np.memmap, set[int]]:
-    """Reopen an unfinished file with the same fingerprint, or start a new one."""
-    if progress.is_file() and work.is_file():
-        try:
-            state = read_json(progress)
-            mm = np.lib.format.open_memmap(work, mode="r+")
-            if state.get("fingerprint") == fp and mm.shape == shape and mm.dtype == np.float32:
-                return mm, set(state.get("done", []))
-        except (OSError, ValueError):
-            pass
-    mm = np.lib.format.open_memmap(work, mode="w+", dtype=np.float32, shape=shape)
-    write_json(progress, {"fingerprint": fp, "shape": list(shape), "done": [], "complete": False})
-    return mm, set()
+def _chunk_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".chunks")
+
+
+def _is_complete(path: Path, progress_file: Path, fp: str, shape: tuple[int, int]) -> bool:
+    if not (path.is_file() and progress_file.is_file()):
+        return False
+    try:
+        state = read_json(progress_file)
+        arr = np.load(path, mmap_mode="r")
+        return state.get("fingerprint") == fp and bool(state.get("complete")) and arr.shape == shape
+    except (OSError, ValueError):
+        return False
+
+
+def _open_chunk_dir(parts: Path, progress_file: Path, fp: str, shape: tuple[int, int]) -> None:
+    """Keep ``parts`` when its chunks were encoded for ``fp``; else start it empty (rank 0)."""
+    import shutil
+
+    try:
+        same = read_json(progress_file).get("fingerprint") == fp and parts.is_dir()
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True)
+        write_json(progress_file, {"fingerprint": fp, "shape": list(shape), "complete": False})
 
 
 def encode_to_file(encoder: TextEncoder, texts: list[str], path: str | os.PathLike, *,
@@ -204,11 +218,12 @@ def encode_to_file(encoder: TextEncoder, texts: list[str], path: str | os.PathLi
     The texts are ordered by decreasing length (stable) and chunk ``k`` covers positions
     ``[k * chunk_size, (k + 1) * chunk_size)`` of that order, so batches pad as little as one
     ``SentenceTransformer.encode`` call over all texts (identical batches when ``chunk_size`` is a
-    multiple of ``batch_size``). Each finished chunk is flushed to ``<path>.partial.npy`` (rows in
-    the original order) and then recorded in ``<path>.progress.json`` with a fingerprint of the
-    texts, the encoder and the chunking; a rerun with the same fingerprint skips the recorded
-    chunks. When every chunk is done the partial file is renamed to ``path``. Empty texts are
-    encoded as ``" "`` (as released).
+    multiple of ``batch_size``). Each finished chunk is written to ``<path>.chunks/<k>.npy``
+    under a fingerprint of the texts, the encoder and the chunking (``<path>.progress.json``); a
+    rerun with the same fingerprint skips the chunks on disk, with any number of processes. In a
+    distributed run every rank must call: rank ``r`` of ``w`` encodes chunks ``k ≡ r (mod w)``
+    and rank 0 assembles them, in the original order, into ``path``. Empty texts are encoded as
+    ``" "`` (as released).
     """
     path = Path(path)
     if chunk_size < 1 or batch_size < 1:
@@ -218,41 +233,53 @@ def encode_to_file(encoder: TextEncoder, texts: list[str], path: str | os.PathLi
     fp = hashlib.sha256(
         f"{texts_digest(texts)}:{encoder.name}:{dim}:{chunk_size}:by-length".encode()).hexdigest()
     progress_file = _progress_path(path)
-    if path.is_file() and progress_file.is_file():
-        try:
-            state = read_json(progress_file)
-            arr = np.load(path, mmap_mode="r")
-            if state.get("fingerprint") == fp and state.get("complete") and arr.shape == (n, dim):
-                return arr
-        except (OSError, ValueError):
-            pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if n == 0:
-        with atomic_write(path, "wb", encoding=None) as fh:
-            np.save(fh, np.zeros((0, dim), dtype=np.float32))
-        write_json(progress_file, {"fingerprint": fp, "shape": [0, dim], "done": [], "complete": True})
+    if broadcast_object(_is_complete(path, progress_file, fp, (n, dim))):
         return np.load(path, mmap_mode="r")
-    work = _partial_path(path)
-    mm, done = _open_work_file(work, progress_file, fp, (n, dim))
+    parts = _chunk_dir(path)
+    if n == 0:
+        if is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "wb", encoding=None) as fh:
+                np.save(fh, np.zeros((0, dim), dtype=np.float32))
+            write_json(progress_file, {"fingerprint": fp, "shape": [0, dim], "complete": True})
+        barrier()
+        return np.load(path, mmap_mode="r")
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _open_chunk_dir(parts, progress_file, fp, (n, dim))
+    barrier()
     order = np.argsort([-len(t) for t in texts], kind="stable")
     chunks = range((n + chunk_size - 1) // chunk_size)
-    finished = sum(min(chunk_size, n - k * chunk_size) for k in done if k in chunks)
-    bar = tqdm(total=n, initial=finished, unit="text", desc=f"encode {path.name}",
-               disable=None if (progress and is_main()) else True)
+    mine = [k for k in chunks if k % world_size() == rank() and not (parts / f"{k}.npy").is_file()]
+    bar = tqdm(total=sum(min(chunk_size, n - k * chunk_size) for k in mine), unit="text",
+               desc=f"encode {path.name}", disable=None if (progress and is_main()) else True)
     try:
-        for k in chunks:
-            if k in done:
-                continue
+        for k in mine:
             rows = order[k * chunk_size:(k + 1) * chunk_size]
-            mm[rows] = encoder.encode([texts[i] for i in rows], batch_size=batch_size)
-            mm.flush()
-            done.add(k)
-            write_json(progress_file, {"fingerprint": fp, "shape": [n, dim], "done": sorted(done),
-                                       "complete": False})
+            emb = encoder.encode([texts[i] for i in rows], batch_size=batch_size)
+            with atomic_write(parts / f"{k}.npy", "wb", encoding=None) as fh:
+                np.save(fh, np.asarray(emb, np.float32))
             bar.update(len(rows))
     finally:
         bar.close()
+    barrier()
+    if is_main():
+        _assemble(parts, path, order, chunk_size, (n, dim))
+        write_json(progress_file, {"fingerprint": fp, "shape": [n, dim], "complete": True})
+    barrier()
+    return np.load(path, mmap_mode="r")
+
+
+def _assemble(parts: Path, path: Path, order: np.ndarray, chunk_size: int, shape: tuple[int, int]) -> None:
+    """Write chunk files ``parts/<k>.npy`` into ``path`` (rows in the original order, one chunk
+    in memory at a time) and remove ``parts``."""
+    import shutil
+
+    work = _partial_path(path)
+    mm = np.lib.format.open_memmap(work, mode="w+", dtype=np.float32, shape=shape)
+    for k in range((shape[0] + chunk_size - 1) // chunk_size):
+        mm[order[k * chunk_size:(k + 1) * chunk_size]] = np.load(parts / f"{k}.npy")
+    mm.flush()
     del mm
     os.replace(work, path)
-    write_json(progress_file, {"fingerprint": fp, "shape": [n, dim], "done": sorted(done), "complete": True})
-    return np.load(path, mmap_mode="r")
+    shutil.rmtree(parts, ignore_errors=True)

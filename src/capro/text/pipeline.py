@@ -9,8 +9,9 @@ Artefacts under ``RUN/text/`` (``<split>`` suffix only for splits other than ``t
 
 Each step records a fingerprint of its inputs and config in ``RUN/text/_steps/<step>/done.json``
 (:mod:`capro.utils.cache`) and is skipped on rerun when nothing changed. Text encoding is
-resumable chunk by chunk (:func:`capro.text.encode.encode_to_file`). Call these on one process
-(rank 0) and share the files; they do not synchronise ranks.
+resumable chunk by chunk (:func:`capro.text.encode.encode_to_file`). In a distributed run every
+rank calls :func:`encode_split_texts` (the chunks are shared among the ranks, rank 0 writes the
+files); :func:`class_prototypes` runs on one process (rank 0) and does not synchronise ranks.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from capro.text.clean import record_text
 from capro.text.concepts import concept_texts
 from capro.text.encode import create_encoder, encode_to_file, encoder_identity, texts_digest
 from capro.utils.cache import fingerprint, is_done, mark_done
+from capro.utils.dist import broadcast_object, is_main
 from capro.utils.io import atomic_write, write_jsonl
 
 CLEAN_VERSION = 1
@@ -95,15 +97,17 @@ def encode_split_texts(cfg: Config, split: Split, run_dir: str | Path) -> np.nda
     fp = fingerprint(params)
     out = texts_path(run_dir, split.name)
     step = _step_dir(run_dir, f"texts{_suffix(split.name)}")
-    if is_done(step, fp) and out.is_file():
+    if broadcast_object(is_done(step, fp) and out.is_file()):
         return np.load(out, mmap_mode="r")
     cleaned = [record_text(r, fields) for r in split.records]
-    write_jsonl(cleaned_path(run_dir, split.name),
-                ({"id": i, "text": t} for i, t in zip(ids, cleaned)))
+    if is_main():
+        write_jsonl(cleaned_path(run_dir, split.name),
+                    ({"id": i, "text": t} for i, t in zip(ids, cleaned)))
     encoder = create_encoder(cfg.text.encoder, device=_device(cfg.device))
     emb = encode_to_file(encoder, [_truncate(t, cfg.text.max_chars) for t in cleaned], out,
                          batch_size=cfg.text.batch_size, chunk_size=cfg.text.chunk_size)
-    mark_done(step, fp, rows=len(ids), dim=int(emb.shape[1]), encoder=encoder.name)
+    if is_main():
+        mark_done(step, fp, rows=len(ids), dim=int(emb.shape[1]), encoder=encoder.name)
     return emb
 
 

@@ -48,3 +48,27 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def shard_range(n: int, *, align: int = 1, rank_: int | None = None, world: int | None = None) -> range:
+    """This rank's contiguous slice of ``range(n)`` for a pass sharded over the ranks.
+
+    Slices are cut at multiples of ``align`` (a batch size), so every rank's batches are the
+    batches one process would form, and outputs match a one-process pass exactly. Rank ``r``
+    of ``w`` gets blocks ``[r * B / w, (r + 1) * B / w)`` of the ``B = ceil(n / align)``
+    blocks; a rank may get none.
+    """
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    blocks = -(-n // max(align, 1))
+    lo, hi = r * blocks // w, (r + 1) * blocks // w
+    return range(min(lo * align, n), min(hi * align, n))
+
+
+def gather_objects(obj: object) -> list[object]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
+    if not is_dist():
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
