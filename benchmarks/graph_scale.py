@@ -51,6 +51,18 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def rss_now_gb() -> dict[str, float]:
+    """This process's resident memory now, in GiB: anonymous (heap) and file-backed (memory-mapped
+    files, which the kernel can drop and re-read) separately (Linux)."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                key, kib = line.split()[:2]
+                out[key[:-1]] = round(int(kib) / 2**20, 3)
+    return out
+
+
 def synthetic_features(n: int, dim: int, *, clusters: int = 1000, seed: int = 0,
                        chunk: int = 100_000, noise: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """[n, dim] float32 L2-normalised points around ``clusters`` random centres, and their [n]
@@ -114,11 +126,14 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     stages: dict[str, dict] = {}
 
     def mark(name: str, t0: float) -> None:
-        stages[name] = {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()}
+        stages[name] = {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb(), **rss_now_gb()}
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {stages[name]}", flush=True)
 
     t0 = time.perf_counter()
-    x, assign = synthetic_features(args.n, args.dim, noise=args.noise)
+    x, assign = synthetic_features(args.n, args.dim, noise=args.noise, clusters=args.clusters)
+    if args.search_sample:  # the kNN search alone: no texts
+        mark("generate", t0)
+        return _sampled_search(args, x, stages, mark)
     rng = np.random.default_rng(1)
     work = Path(args.work) if args.work else None
     if work is not None:  # the texts on disk, memory-mapped, as a run holds them
@@ -132,8 +147,6 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
         text[s:e] = normalize_rows(rng.standard_normal((e - s, args.text_dim), dtype=np.float32))
     mark("generate", t0)
 
-    if args.search_sample:
-        return _sampled_search(args, x, stages, mark)
     t0 = time.perf_counter()
     if args.knn == "exact":
         ids, sims = create_knn_backend(args.backend, chunk_size=args.chunk_size,
@@ -171,6 +184,7 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "graph_pipeline", "n": args.n, "dim": args.dim, "text_dim": args.text_dim,
         "k": args.k, "keep": args.keep, "backend": args.backend, "knn": args.knn, "noise": args.noise,
+        "clusters": args.clusters, "texts_memory_mapped": bool(args.work),
         "knn_only": args.knn_only,
         "knn_lists_equal_to_exact_global_fraction": verified, "recall": recall,
         **({"nlist": args.nlist, "nprobe": args.nprobe} if args.knn == "ivf" else {}),
@@ -206,7 +220,7 @@ def _sampled_search(args: argparse.Namespace, x: np.ndarray, stages: dict, mark)
     mark("recall", t0)
     return {
         "benchmark": "graph_knn_sampled", "n": args.n, "dim": args.dim, "k": args.k, "knn": args.knn,
-        "noise": args.noise, "queries_timed": len(rows), "seconds_per_query": per_query,
+        "noise": args.noise, "clusters": args.clusters, "queries_timed": len(rows), "seconds_per_query": per_query,
         "projected_search_seconds": per_query * args.n,
         "projected_knn_seconds": stages[f"build_{args.knn}"]["seconds"] + per_query * args.n,
         "recall": {"recall_at_k": recall, "queries": len(q), "k_without_self": args.k - 1},
@@ -270,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--verify", action="store_true",
                    help="also run the exact global search and report how many lists equal it")
     q.add_argument("--progress", action="store_true")
+    q.add_argument("--clusters", type=int, default=1000, help="centres of the synthetic points")
     q.add_argument("--work", default="", help="keep the texts and the enhanced texts in memory-mapped files here")
     q.add_argument("--search-sample", type=int, default=0,
                    help="ivf/hnsw: build over all N, time this many queries and project the full search")
@@ -283,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "rerank":
         result, name = bench_rerank(args), "graph_rerank.json"
     else:
-        tag = "" if args.noise == 0.8 else f"_noise{args.noise:g}"
+        tag = ("" if args.noise == 0.8 else f"_noise{args.noise:g}") + (
+            "" if args.clusters == 1000 else f"_c{args.clusters}")
         result = bench_pipeline(args)
         kind = "knn_sampled" if args.search_sample else "pipeline"
         name = f"graph_{kind}_{args.n}_{args.knn}{tag}.json"
