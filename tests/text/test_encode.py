@@ -130,3 +130,12 @@ def test_encode_to_file_resumes_after_interruption(minilm, tmp_path):
 def test_encode_to_file_empty_list(minilm, tmp_path):
     got = encode_to_file(minilm, [], tmp_path / "none.npy", progress=False)
     assert got.shape == (0, 384) and got.dtype == np.float32
+
+
+def test_chunk_rows_gives_every_rank_work_whatever_their_number():
+    from capro.text.encode import chunk_rows
+
+    assert chunk_rows(4000, 4096, 128) == 128        # 63 per chunk for 64 chunks -> one batch: 32 chunks
+    assert chunk_rows(2_400_000, 4096, 128) == 4096  # large sets keep the configured size
+    assert chunk_rows(100_000, 4096, 128) == 1664    # 1563 rounded up to whole batches
+    assert chunk_rows(10, 3, 2) == 2 and chunk_rows(0, 3, 2) == 1

@@ -211,6 +211,19 @@ def _open_chunk_dir(parts: Path, progress_file: Path, fp: str, shape: tuple[int,
         write_json(progress_file, {"fingerprint": fp, "shape": list(shape), "complete": False})
 
 
+SHARED_CHUNKS = 64
+"""Texts are split into at least this many chunks (when there are enough texts for one batch
+each), so that the ranks of a distributed run all get work."""
+
+
+def chunk_rows(n: int, chunk_size: int, batch_size: int, *, chunks: int = SHARED_CHUNKS) -> int:
+    """Rows per chunk for ``n`` texts: ``chunk_size`` at most, and small enough for ``chunks``
+    chunks, but a whole number of ``batch_size`` batches. It does not depend on the number of
+    processes, so an interrupted encoding resumes its chunks with any number of them."""
+    per = -(-n // chunks)
+    return max(1, min(chunk_size, -(-per // batch_size) * batch_size))
+
+
 def encode_to_file(encoder: TextEncoder, texts: list[str], path: str | os.PathLike, *,
                    batch_size: int = 128, chunk_size: int = 4096, progress: bool = True) -> np.ndarray:
     """Encode ``texts`` into ``path`` (``.npy``, float32 ``[N, D]``), resumably; return it memory-mapped.

@@ -27,7 +27,13 @@ from capro.data.layout import TEXT_FIELDS, ClassInfo, Split
 from capro.errors import ConfigError
 from capro.text.clean import record_text
 from capro.text.concepts import concept_texts
-from capro.text.encode import create_encoder, encode_to_file, encoder_identity, texts_digest
+from capro.text.encode import (
+    chunk_rows,
+    create_encoder,
+    encode_to_file,
+    encoder_identity,
+    texts_digest,
+)
 from capro.utils.cache import fingerprint, is_done, mark_done
 from capro.utils.dist import broadcast_object, is_main
 from capro.utils.io import atomic_write, write_jsonl
@@ -105,7 +111,8 @@ def encode_split_texts(cfg: Config, split: Split, run_dir: str | Path) -> np.nda
                     ({"id": i, "text": t} for i, t in zip(ids, cleaned)))
     encoder = create_encoder(cfg.text.encoder, device=_device(cfg.device))
     emb = encode_to_file(encoder, [_truncate(t, cfg.text.max_chars) for t in cleaned], out,
-                         batch_size=cfg.text.batch_size, chunk_size=cfg.text.chunk_size)
+                         batch_size=cfg.text.batch_size,
+                         chunk_size=chunk_rows(len(cleaned), cfg.text.chunk_size, cfg.text.batch_size))
     if is_main():
         mark_done(step, fp, rows=len(ids), dim=int(emb.shape[1]), encoder=encoder.name)
     return emb
