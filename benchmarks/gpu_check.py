@@ -10,7 +10,8 @@
 2. DDP with one process on NCCL (gloo on CPU): three CAPro steps through
    ``DistributedDataParallel``, the all-gathers of the queue included.
 3. kNN on the GPU (capro's torch backend) against the CPU (faiss when installed, else torch),
-   with the overlap of the neighbour lists.
+   with the overlap of the neighbour lists; and the IVF index (``graph.index=ivf``), searched on
+   the GPU when faiss has GPU support (faiss-gpu), with its recall against the exact lists.
 4. The input path at the step's image size: uint8 batches from a decoded store in pinned memory,
    copied to the device and turned into the weak and strong views there
    (:mod:`capro.data.batch_views`), and, for data that does not fit a store, JPEG decoding with
@@ -237,7 +238,24 @@ def check_knn(size: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out["device_speedup_est"] = out["cpu_seconds_all_queries_est"] / out["device_seconds"]
     out["neighbour_overlap"] = float(np.mean([len(np.intersect1d(a, b)) / k
                                               for a, b in zip(dev_ids[queries], cpu_ids)]))
+    out["ivf"] = _ivf_on(x, k, device, dev_ids, queries)
     return out
+
+
+def _ivf_on(x: np.ndarray, k: int, device: torch.device, exact: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
+    """capro's IVF index (``graph.index=ivf``) on ``device``: where it searched (the GPU needs
+    faiss-gpu), seconds, and recall@(k-1) against the exact lists on the sampled queries."""
+    from capro.graph.knn import FaissIvf, faiss_available, gpu_id
+
+    if not faiss_available():
+        return {"skipped": "faiss is not installed"}
+    import faiss
+
+    t0 = time.perf_counter()
+    ids, _ = FaissIvf(device=str(device)).search(x, k=k)
+    hits = [len(np.intersect1d(a[1:], b[1:])) / (k - 1) for a, b in zip(ids[queries], exact[queries])]
+    return {"on": "cpu" if gpu_id(str(device), faiss) is None else f"gpu {gpu_id(str(device), faiss)}",
+            "seconds": time.perf_counter() - t0, "recall": float(np.mean(hits))}
 
 
 def _cpu_exact(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, str]:

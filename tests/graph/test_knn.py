@@ -136,3 +136,31 @@ def test_index_choice_by_size():
     with pytest.raises(ConfigError, match="graph.index"):
         resolve_index("lsh", 10, exact_max=5)
     assert FaissIvf(nlist=0).cells(1_000_000) == 4000 and FaissIvf(nlist=0).cells(1000) == 25
+
+
+def test_ivf_searches_on_a_gpu_only_with_faiss_gpu_and_a_cuda_device():
+    from capro.graph.knn import gpu_id
+
+    class CpuFaiss:  # faiss-cpu: no GPU resources
+        pass
+
+    class GpuFaiss:
+        StandardGpuResources = object
+
+        def __init__(self, gpus):
+            self.gpus = gpus
+
+        def get_num_gpus(self):
+            return self.gpus
+
+    assert gpu_id("cpu", GpuFaiss(1)) is None
+    assert gpu_id("cuda", CpuFaiss()) is None and gpu_id("cuda:1", CpuFaiss()) is None
+    assert gpu_id("cuda", GpuFaiss(0)) is None  # faiss-gpu but no visible GPU
+    assert gpu_id("cuda", GpuFaiss(2)) == 0 and gpu_id("cuda:1", GpuFaiss(2)) == 1
+    if faiss_available():  # the real faiss here: a CPU search either way
+        import faiss
+
+        x = _clusters(n=800)
+        ivf = FaissIvf(nprobe=4, device="cuda")
+        cpu_only = gpu_id("cuda", faiss) is None
+        assert not cpu_only or type(ivf.build(x)).__name__ == "IndexIVFFlat"

@@ -188,3 +188,31 @@ def test_margin_floor_multilabel_positives_and_negatives():
     # positives: the eligible 1, 2; negatives: the farthest with evidence against, 5 then 3
     np.testing.assert_array_equal(domain[:, 0], [0, 1, 1, -1, 0, -1])
     assert (domain[:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_row_blocks_give_the_whole_array_result(monkeypatch, multi):
+    from capro.graph import match
+
+    rng = np.random.default_rng(5)
+    n, c = 30, 4
+    text = rng.normal(size=(n, 6)).astype(np.float32)
+    protos = rng.normal(size=(c, 6)).astype(np.float32)
+    labels = rng.random((n, c)) < 0.4 if multi else rng.integers(0, c, n)
+    whole_cos = match.text_cosine(text, protos)
+    whole = (match.text_margins(whole_cos, labels), match.prototype_softmax(whole_cos, labels))
+    monkeypatch.setattr(match, "ROW_BLOCK", 7)  # 5 blocks, the last of 2 rows
+    into = np.zeros((n, c), np.float32)
+    cos = match.text_cosine(text, protos, out=into)
+    assert cos is into
+    np.testing.assert_allclose(cos, whole_cos, atol=1e-6)
+    np.testing.assert_allclose(cos, normalize(text) @ normalize(protos).T, atol=1e-6)
+    for got, want in zip(match.text_margins(whole_cos, labels), whole[0]):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(match.prototype_softmax(whole_cos, labels), whole[1])
+    for got, want in zip(match.text_margins_of(text, protos, labels), whole[0]):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def normalize(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

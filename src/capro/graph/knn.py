@@ -181,14 +181,17 @@ class FaissIvf(_FaissSearch):
         nlist: k-means cells (0 = ``4 * sqrt(N)``, at most N / 39 so each cell trains on 39 points).
         nprobe: cells searched per query (more: higher recall, slower).
         train_size: points the k-means is trained on (at most N).
+        device: with a CUDA device and a faiss built with GPU support (faiss-gpu), the trained
+            index is searched on that GPU; otherwise on the CPU.
     """
 
     name, setting, fallback = "ivf", "graph.index=ivf", "graph.index=exact"
 
     def __init__(self, *, nlist: int = 0, nprobe: int = 32, train_size: int = 262_144, seed: int = 0,
-                 **kw) -> None:
+                 device: str = "cpu", **kw) -> None:
         super().__init__(**kw)
         self.nlist, self.nprobe, self.train_size, self.seed = nlist, nprobe, train_size, seed
+        self.device, self._gpu_resources = device, None
 
     def cells(self, n: int) -> int:
         want = self.nlist or int(4 * np.sqrt(n))
@@ -208,7 +211,22 @@ class FaissIvf(_FaissSearch):
         index.train(sample)
         index.add(x)
         index.nprobe = min(self.nprobe, nlist)
-        return index
+        gpu = gpu_id(self.device, faiss)
+        if gpu is None:
+            return index
+        self._gpu_resources = faiss.StandardGpuResources()  # must outlive the GPU index
+        return faiss.index_cpu_to_gpu(self._gpu_resources, gpu, index)
+
+
+def gpu_id(device: str, faiss_module) -> int | None:
+    """The CUDA device index faiss should search on for ``device``, or None to stay on the CPU
+    (a CPU device, or a faiss without GPU support or without a visible GPU)."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or not hasattr(faiss_module, "StandardGpuResources"):
+        return None
+    if faiss_module.get_num_gpus() < 1:
+        return None
+    return dev.index or 0
 
 
 class FaissHnsw(_FaissSearch):
@@ -248,10 +266,11 @@ def resolve_index(index: str, n: int, *, exact_max: int) -> str:
 
 
 def create_index(index: str, *, nlist: int = 0, nprobe: int = 32, hnsw_m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 128, seed: int = 0, progress: bool = False) -> KnnBackend:
-    """An approximate backend by name: ``ivf`` or ``hnsw`` (see :class:`FaissIvf`, :class:`FaissHnsw`)."""
+                 ef_search: int = 128, seed: int = 0, progress: bool = False, device: str = "cpu") -> KnnBackend:
+    """An approximate backend by name: ``ivf`` (searched on ``device`` when it is a GPU and faiss
+    has GPU support) or ``hnsw`` (CPU) (see :class:`FaissIvf`, :class:`FaissHnsw`)."""
     if index == "ivf":
-        return FaissIvf(nlist=nlist, nprobe=nprobe, seed=seed, progress=progress)
+        return FaissIvf(nlist=nlist, nprobe=nprobe, seed=seed, progress=progress, device=device)
     if index == "hnsw":
         return FaissHnsw(m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, progress=progress)
     raise ConfigError(f"approximate index {index!r}; choose ivf or hnsw")

@@ -15,7 +15,9 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,9 +29,37 @@ ANCHOR_MODES = ("text", "random")
 SCORES = ("distance", "softmax")
 
 
-def text_cosine(text: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Cosine [N, C] float32 between every text [N, D] and every prototype [C, D]."""
-    return normalize_rows(text) @ normalize_rows(prototypes).T
+ROW_BLOCK = 16_384
+"""Rows the [N, C] computations below handle at a time: their temporaries stay ROW_BLOCK x C
+(float64), whatever N (at 2.4M images and 1,000 classes a whole-N float64 copy is 19 GB)."""
+
+
+def _in_row_blocks(fn: Callable) -> Callable:
+    """Apply the row-wise ``fn(cos [N, C], labels [N] | [N, C], **kw)`` to ROW_BLOCK rows at a time
+    and concatenate its outputs (an array, or a tuple of arrays, with N rows). Row-wise, so the
+    result is the one-block result."""
+    @functools.wraps(fn)
+    def blocks(cos: np.ndarray, labels: np.ndarray, **kw):
+        n = cos.shape[0]
+        if n <= ROW_BLOCK:
+            return fn(cos, labels, **kw)
+        labels = np.asarray(labels)
+        parts = [fn(cos[s:s + ROW_BLOCK], labels[s:s + ROW_BLOCK], **kw) for s in range(0, n, ROW_BLOCK)]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(p) for p in zip(*parts))
+        return np.concatenate(parts)
+    return blocks
+
+
+def text_cosine(text: np.ndarray, prototypes: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Cosine [N, C] float32 between every text [N, D] and every prototype [C, D], ROW_BLOCK rows
+    at a time into ``out`` (e.g. a memory-mapped file; a new array when None)."""
+    protos = normalize_rows(prototypes).T
+    n = text.shape[0]
+    out = np.empty((n, prototypes.shape[0]), np.float32) if out is None else out
+    for s in range(0, n, ROW_BLOCK):
+        out[s:s + ROW_BLOCK] = normalize_rows(np.asarray(text[s:s + ROW_BLOCK])) @ protos
+    return out
 
 
 def _class_members(labels: np.ndarray, c: int) -> np.ndarray:
@@ -94,6 +124,7 @@ def _web_mask(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndar
     return np.ones(n, dtype=bool), labels.astype(bool)
 
 
+@_in_row_blocks
 def prototype_softmax(cos: np.ndarray, labels: np.ndarray, *, temperature: float = 0.05) -> np.ndarray:
     """How much closer each text is to its web label's prototype than to the others.
 
@@ -126,6 +157,7 @@ def prototype_softmax(cos: np.ndarray, labels: np.ndarray, *, temperature: float
     return out
 
 
+@_in_row_blocks
 def text_margins(cos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """How much more each text fits its web label's prototype than any class it does not carry.
 
@@ -154,6 +186,15 @@ def text_margins(cos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
         return margin.astype(np.float32), nxt.astype(np.int64)
     margin = np.where(web & np.isfinite(best_other)[:, None], cos - best_other[:, None], np.nan)
     return margin.astype(np.float32), nxt.astype(np.int64)
+
+
+def text_margins_of(text: np.ndarray, prototypes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``text_margins(text_cosine(text, prototypes), labels)`` one row block at a time (never an
+    N x C array); text [N, D], prototypes [C, D]."""
+    labels = np.asarray(labels)
+    parts = [text_margins(text_cosine(text[s:s + ROW_BLOCK], prototypes), labels[s:s + ROW_BLOCK])
+             for s in range(0, max(text.shape[0], 1), ROW_BLOCK)]
+    return np.concatenate([m for m, _ in parts]), np.concatenate([c for _, c in parts])
 
 
 def anchor_ranking(distance: np.ndarray, cos: np.ndarray, labels: np.ndarray, *,

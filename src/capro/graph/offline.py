@@ -44,6 +44,7 @@ from capro.graph.knn import (
     resolve_index,
 )
 from capro.graph.match import (
+    ROW_BLOCK,
     anchor_counts,
     anchor_ranking,
     select_anchors,
@@ -51,6 +52,7 @@ from capro.graph.match import (
     text_cosine,
     text_distances,
     text_margins,
+    text_margins_of,
 )
 from capro.graph.rerank import rerank_knn
 from capro.utils.cache import fingerprint, is_done, mark_done
@@ -126,13 +128,14 @@ def _progress() -> bool:
 
 
 def _cached(base: Path, step: str, fp: str, names: tuple[str, ...],
-            compute: Callable[[], dict[str, np.ndarray]], *, mmap: bool = False, **info) -> dict[str, np.ndarray]:
-    """Load ``base/<name>.npy`` (memory-mapped with ``mmap``) when ``step`` is done with
-    fingerprint ``fp``, else compute + save."""
+            compute: Callable[[], dict[str, np.ndarray]], *, mmap: tuple[str, ...] = (),
+            **info) -> dict[str, np.ndarray]:
+    """Load ``base/<name>.npy`` (memory-mapped for the names in ``mmap``, read-only) when
+    ``step`` is done with fingerprint ``fp``, else compute + save."""
     step_dir = base / "_steps" / step
     paths = {n: base / f"{n}.npy" for n in names}
     if is_done(step_dir, fp) and all(p.is_file() for p in paths.values()):
-        return {n: np.load(p, mmap_mode="r" if mmap else None) for n, p in paths.items()}
+        return {n: np.load(p, mmap_mode="r" if n in mmap else None) for n, p in paths.items()}
     out = compute()
     for n, p in paths.items():
         save_npy(p, out[n])
@@ -178,7 +181,8 @@ def graph_knn(cfg: Config, features: np.ndarray, run_dir: str | Path) -> tuple[d
                                          progress=_progress())
         else:
             backend = create_index(index, nlist=g.nlist, nprobe=g.nprobe, hnsw_m=g.hnsw_m,
-                                   ef_search=g.ef_search, seed=cfg.seed, progress=_progress())
+                                   ef_search=g.ef_search, seed=cfg.seed, progress=_progress(),
+                                   device=_device(cfg))
         ids, sims = backend.search(x, k=g.k)
         out = {"knn_ids": ids, "knn_sims": sims}
         if index != "exact" and g.recall_queries > 0:
@@ -240,7 +244,7 @@ def graph_enhance(cfg: Config, features: np.ndarray, text_emb: np.ndarray,
                                           edge_weight=mode, self_weight=g.self_weight, out=into)
         return {"enhanced": enhanced, "isolated": isolated}
 
-    out = _cached(graph_dir(run_dir), "enhance", fp, ("enhanced",), compute, mmap=True,
+    out = _cached(graph_dir(run_dir), "enhance", fp, ("enhanced",), compute, mmap=("enhanced",),
                   isolated=lambda o: int(o["isolated"].sum()))
     return out["enhanced"], fp
 
@@ -264,12 +268,16 @@ def match_texts(cfg: Config, split: Split, features: np.ndarray, text_emb: np.nd
     def compute() -> dict[str, np.ndarray]:
         dist = text_distances(enhanced, prototypes, labels, method=m.method, k1=g.k1, k2=g.k2,
                               lam=g.lam, device=_device(cfg), progress=_progress())
-        cos = text_cosine(enhanced, prototypes)
+        path = match_dir(run_dir) / "text_cosine.npy"  # [N, C]: into a file, row block by row block
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cos = text_cosine(enhanced, prototypes, out=np.lib.format.open_memmap(
+            partial_npy(path), mode="w+", dtype=np.float32, shape=(enhanced.shape[0], prototypes.shape[0])))
         out = {"text_distance": dist, "text_cosine": cos}
         write_jsonl(match_dir(run_dir) / "scores.jsonl", score_rows(split, labels, dist, cos))
         return out
 
-    out = _cached(match_dir(run_dir), "match", fp, ("text_distance", "text_cosine"), compute)
+    out = _cached(match_dir(run_dir), "match", fp, ("text_distance", "text_cosine"), compute,
+                  mmap=("text_cosine",))
     out["enhanced"] = enhanced
     return out, fp
 
@@ -325,7 +333,7 @@ def build_anchors(cfg: Config, split: Split, features: np.ndarray, text_emb: np.
         write_jsonl(match_dir(run_dir) / "anchors.jsonl",
                     anchor_rows(split, domain, dist, labels, names, margins=margins,
                                 key=None if m.score == "distance" else key,
-                                own_margins=text_margins(text_cosine(text_emb, prototypes), labels)[0],
+                                own_margins=text_margins_of(text_emb, prototypes, labels)[0],
                                 text_fields=cfg.data.text_fields))
         return {"domain": domain}
 
@@ -361,15 +369,18 @@ def _label_names(split: Split, i: int, names: list[str]) -> str | list[str]:
 def score_rows(split: Split, labels: np.ndarray, dist: np.ndarray, cos: np.ndarray, *, top: int = 5):
     """Per sample: id, web label(s), text distance(s) and the ``top`` classes by cosine."""
     names = [c.name for c in split.classes] or [str(c) for c in range(cos.shape[1])]
-    best = np.argsort(-cos, axis=1, kind="stable")[:, :top]
-    for i, r in enumerate(split.records):
-        if labels.ndim == 1:
-            d: float | dict[str, float] | None = _num(dist[i])
-        else:
-            d = {names[c]: _num(dist[i, c]) for c in r.labels}
-        yield {"id": r.id, "label": _label_names(split, i, names), "text_distance": d,
-               "top_classes": [names[c] for c in best[i]],
-               "top_cosines": [round(float(cos[i, c]), 6) for c in best[i]]}
+    for start in range(0, len(split.records), ROW_BLOCK):  # cos may be a memory-mapped [N, C]
+        block = np.asarray(cos[start:start + ROW_BLOCK])
+        best = np.argsort(-block, axis=1, kind="stable")[:, :top]
+        for j, r in enumerate(split.records[start:start + ROW_BLOCK]):
+            i = start + j
+            if labels.ndim == 1:
+                d: float | dict[str, float] | None = _num(dist[i])
+            else:
+                d = {names[c]: _num(dist[i, c]) for c in r.labels}
+            yield {"id": r.id, "label": _label_names(split, i, names), "text_distance": d,
+                   "top_classes": [names[c] for c in best[j]],
+                   "top_cosines": [round(float(block[j, c]), 6) for c in best[j]]}
 
 
 def evidence(own_margin: float | None, margin: float | None) -> str:
