@@ -1,6 +1,7 @@
 """Users without a clean validation split: the long protocol with and without ``val.jsonl``.
 
     python benchmarks/no_val.py --profile web hard --seed 0
+    python benchmarks/no_val.py --seed 100 101 --variants without_val_text without_val_any
 
 For each profile, ``capro-ft`` of the ``long`` size with the defaults users get (``train.keep=best``,
 D12, ``train.val_split=auto``) runs twice on the same simulated data: once with its clean
@@ -41,12 +42,19 @@ def _without_val(data: Path) -> Path:
     return dst
 
 
-def run_variant(data: Path, run_dir: Path, seed: int) -> dict:
+VARIANTS = {"with_val": [], "without_val_text": ["train.holdout_from=text"],
+            "without_val_any": ["train.holdout_from=any"]}
+"""Run variants: with ``val.jsonl``; without it, the held-out rows drawn from text-verified rows
+(D20, the default) or from any row (the rule before D20; the results recorded as ``without_val``
+before D20 used it)."""
+
+
+def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = None) -> dict:
     from capro.config import load_config
     from capro.engine.runner import run_pipeline
 
     size = SIZES["long"]
-    over = [o for o in row_overrides("capro-ft", size, seed) if o != "train.keep=last"]
+    over = [o for o in row_overrides("capro-ft", size, seed) if o != "train.keep=last"] + list(extra or [])
     cfg = load_config(preset="cpu", overrides=over)
     t0 = time.perf_counter()
     m = run_pipeline(data, run_dir, cfg, resume=True, progress=False)
@@ -59,27 +67,35 @@ def run_variant(data: Path, run_dir: Path, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", nargs="+", default=["web", "hard"], choices=["web", "hard"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = p.parse_args(argv)
+    for seed in args.seed:
+        for profile in args.profile:
+            data = ensure_data(args.work, SIZES["long"], profile, seed)
+            for variant in args.variants:
+                key = f"{profile}/seed{seed}/{variant}"
+                out = read_json(OUT) if OUT.is_file() else {}
+                if key in out:
+                    log(f"{key}: done already")
+                    continue
+                log(f"{key}: running")
+                root = data if variant == "with_val" else _without_val(data)
+                res = run_variant(root, data.parent / f"noval-{variant}", seed, VARIANTS[variant])
+                out = read_json(OUT) if OUT.is_file() else {}  # another process may have added rows
+                out[key] = {**res, "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                write_json(OUT, out)
+                log(f"{key}: test top-1 {res['top1']:.4f}")
     out = read_json(OUT) if OUT.is_file() else {}
-    for profile in args.profile:
-        data = ensure_data(args.work, SIZES["long"], profile, args.seed)
-        for variant, root in (("with_val", data), ("without_val", _without_val(data))):
-            key = f"{profile}/seed{args.seed}/{variant}"
-            if key in out:
-                log(f"{key}: done already")
-                continue
-            log(f"{key}: running")
-            res = run_variant(root, data.parent / f"noval-{variant}", args.seed)
-            out[key] = {**res, "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            write_json(OUT, out)
-            log(f"{key}: test top-1 {res['top1']:.4f}")
-    for profile in args.profile:
-        a, b = (out.get(f"{profile}/seed{args.seed}/{v}") for v in ("with_val", "without_val"))
-        if a and b:
-            print(f"{profile} seed {args.seed}: with val.jsonl {100 * a['top1']:.1f} %, without "
-                  f"{100 * b['top1']:.1f} % ({100 * (b['top1'] - a['top1']):+.1f})")
+    for seed in args.seed:
+        for profile in args.profile:
+            a = out.get(f"{profile}/seed{seed}/with_val")
+            for variant in [v for v in VARIANTS if v != "with_val"] + ["without_val"]:
+                b = out.get(f"{profile}/seed{seed}/{variant}")
+                if a and b:
+                    print(f"{profile} seed {seed} {variant}: with val.jsonl {100 * a['top1']:.1f} %, without "
+                          f"{100 * b['top1']:.1f} % ({100 * (b['top1'] - a['top1']):+.1f})")
     return 0
 
 

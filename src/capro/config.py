@@ -245,6 +245,11 @@ class TrainConfig:
     of training as a noisy validation split ..."""
     holdout_max: int = 5000
     """... and at most this many rows in all."""
+    holdout_from: str = "text"
+    """Which rows may be held out: ``text`` (D20), rows whose own web text prefers their web
+    label's textual prototype over every other class (the anchors' evidence rule, on the raw
+    text), so the held-out labels are cleaner than the crawl's (a class with no such row lends
+    its others); ``any``: any row (the rule before D20)."""
     val_every: int = 1
     """Score ``val_split`` every this many epochs (and always after the last); 0 = never."""
     keep: str = "best"
@@ -532,6 +537,7 @@ _CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
     "train.on_bad_image": ("skip", "stop"),
     "train.keep": ("best", "last"),
+    "train.holdout_from": ("text", "any"),
     "clean.stage2_checkpoint": ("kept", "best"),
 }
 

@@ -42,6 +42,7 @@ from capro.engine.distributed import DistInfo, amp_dtype, init_distributed, peer
 from capro.engine.evaluate import OPENSET_FILE, evaluate_model, evaluate_openset
 from capro.engine.loop import CleaningState, stderr_isatty
 from capro.engine.selection import EpochScorer
+from capro.engine.signals import Preempted
 from capro.engine.stages import (
     OfflineCleaning,
     RunContext,
@@ -52,7 +53,13 @@ from capro.engine.stages import (
     offline_clean,
     train_stage,
 )
-from capro.engine.validation import HOLDOUT, Validation, resolve_validation, trained_split
+from capro.engine.validation import (
+    HOLDOUT,
+    Validation,
+    resolve_validation,
+    text_verified,
+    trained_split,
+)
 from capro.errors import CaproError
 from capro.eval.noise import anchor_precision, memorisation, noise_detection, relabel_accuracy
 from capro.model.capro import CAPro
@@ -99,6 +106,8 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | N
     }
     if val_split == HOLDOUT:
         base["train"].update(holdout=cfg.train.holdout, holdout_max=cfg.train.holdout_max)
+        if cfg.train.holdout_from != "any":  # the rule before D20 keeps its fingerprint
+            base["train"].update(holdout_from=cfg.train.holdout_from)
     fps = {"stage1": fingerprint({"base": base, "stage": d("stage1")})}
     fps["features"] = fingerprint({"up": fps["stage1"], "step": "features"})
     fps["anchors"] = fingerprint({"up": fps["features"], "text": d("text"), "graph": d("graph"),
@@ -516,7 +525,14 @@ def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: 
     """
     info = init_distributed(cfg.device)
     with peer_failures(info.rank, info.world_size):
-        return _run(Path(data_root).resolve(), Path(run_dir), cfg, info, resume=resume, progress=progress)
+        try:
+            return _run(Path(data_root).resolve(), Path(run_dir), cfg, info, resume=resume, progress=progress)
+        except Preempted:
+            # every rank stops at the same step (the stop is all-reduced): leave together, once
+            # rank 0 has written the checkpoint, so no process tears down a connection another
+            # still uses
+            barrier()
+            raise
 
 
 def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume: bool,
@@ -525,7 +541,7 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
     classes = read_classes(data_root)
     train = load_split_for_run(data_root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images, classes=classes)
-    validation = resolve_validation(cfg, data_root, train)
+    validation = resolve_validation(cfg, data_root, train, eligible=lambda: text_verified(cfg, train, run_dir))
     train = validation.train
     multi = cfg.method.multi_label if cfg.method.multi_label is not None else train.multi_label
     if multi and cfg.stage3.mixup and cfg.stage3.epochs > 0:
@@ -593,7 +609,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                    "final_stage": final_stage, "multi_label": multi, "world_size": info.world_size,
                    "n_train": len(train), "stages": p.stages,
                    "validation": {"split": validation.split, "labels": validation.labels,
-                                  "held_out_rows": len(validation.holdout)},
+                                  "held_out_rows": len(validation.holdout),
+                                  **({} if validation.verified is None else {"text_verified": validation.verified})},
                    "seconds": round(time.perf_counter() - t_run, 3), **p.openset(model)}
         if p.guard is not None:
             metrics["fine_tune_guard"] = p.guard

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class Validation:
     """Split that selects (``val``, ``holdout``, ...), or None."""
     train: Split
     holdout: list[Record]
+    verified: int | None = None
+    """Held-out rows whose text prefers their web label (D20), when that was asked."""
 
     @property
     def labels(self) -> str:
@@ -42,14 +45,21 @@ class Validation:
         if self.split is None:
             return "validation: no validation split; every stage keeps its last epoch"
         if self.split == HOLDOUT:
+            which = "" if self.verified is None else (
+                f", {self.verified} of them rows whose web text prefers their web label (train.holdout_from=text)")
             return (f"validation: no val.jsonl; selecting epochs on {len(self.holdout)} training rows held "
-                    f"out of training (train.holdout), scored against their web labels (noisy)")
+                    f"out of training (train.holdout){which}, scored against their web labels (noisy)")
         return f"validation: selecting epochs on {self.split}.jsonl (labels taken as clean)"
 
 
-def holdout_rows(records: list[Record], *, share: float, most: int, seed: int) -> np.ndarray:
+def holdout_rows(records: list[Record], *, share: float, most: int, seed: int,
+                 eligible: np.ndarray | None = None) -> np.ndarray:
     """Sorted positions of the held-out rows: ``share`` of each web label's rows (rounded, at
-    least one of every label with two rows or more), at most ``most`` in all, drawn with ``seed``."""
+    least one of every label with two rows or more), at most ``most`` in all, drawn with ``seed``.
+
+    ``eligible`` ([N] bool, D20): draw each label's rows from its eligible ones only (all of them
+    when fewer are eligible than its share); a label with no eligible row draws from all its rows.
+    """
     if share <= 0 or most <= 0 or len(records) < 2:
         return np.zeros(0, np.int64)
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x401D])
@@ -58,6 +68,9 @@ def holdout_rows(records: list[Record], *, share: float, most: int, seed: int) -
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
         n = min(len(rows) - 1, max(1, round(share * len(rows))))
+        if eligible is not None and eligible[rows].any():
+            rows = rows[eligible[rows]]
+            n = min(n, len(rows))
         if n > 0:
             picked.append(rng.choice(rows, size=n, replace=False))
     out = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
@@ -66,8 +79,12 @@ def holdout_rows(records: list[Record], *, share: float, most: int, seed: int) -
     return out.astype(np.int64)
 
 
-def resolve_validation(cfg, data_root: str | os.PathLike, train: Split) -> Validation:
-    """The validation plan of a run (pure: the same inputs always hold out the same rows)."""
+def resolve_validation(cfg, data_root: str | os.PathLike, train: Split, *,
+                       eligible: Callable[[], np.ndarray] | None = None) -> Validation:
+    """The validation plan of a run (pure: the same inputs always hold out the same rows).
+
+    ``eligible``: called only when rows are held out under ``train.holdout_from=text``, it gives
+    the [N] bool rows that may be (:func:`text_verified`)."""
     tc = cfg.train
     present = set(available_splits(Path(data_root))) - {"train"}
     if tc.val_split == "none" or tc.val_every == 0:
@@ -76,12 +93,34 @@ def resolve_validation(cfg, data_root: str | os.PathLike, train: Split) -> Valid
         return Validation(tc.val_split if tc.val_split in present else None, train, [])
     if "val" in present:
         return Validation("val", train, [])
-    held = holdout_rows(train.records, share=tc.holdout, most=tc.holdout_max, seed=cfg.seed)
+    may = eligible() if eligible is not None and tc.holdout_from == "text" and not train.multi_label else None
+    held = holdout_rows(train.records, share=tc.holdout, most=tc.holdout_max, seed=cfg.seed, eligible=may)
     if held.size == 0:
         return Validation(None, train, [])
     keep = np.setdiff1d(np.arange(len(train.records)), held)
     return Validation(HOLDOUT, dataclasses.replace(train, records=[train.records[i] for i in keep]),
-                      [train.records[i] for i in held])
+                      [train.records[i] for i in held], None if may is None else int(may[held].sum()))
+
+
+def text_verified(cfg, train: Split, run_dir: str | os.PathLike) -> np.ndarray:
+    """[N] bool: the training row's own (cleaned) web text is closer to its web label's textual
+    prototype than to any other class's (margin > 0, as :func:`capro.graph.match.text_margins`).
+
+    Encodes the texts of every training row into ``RUN/text/texts_holdout-draw.npy`` (every rank
+    calls; the encoding is shared, :func:`capro.text.pipeline.encode_split_texts`)."""
+    from capro.graph.match import text_margins_of
+    from capro.text.pipeline import class_prototypes, encode_split_texts
+    from capro.utils.dist import barrier, is_main
+
+    emb = encode_split_texts(cfg, dataclasses.replace(train, name="holdout-draw"), run_dir)
+    if is_main():  # writes RUN/text/prototypes.npy; the other ranks then read it
+        class_prototypes(cfg, train.classes, run_dir)
+    barrier()
+    protos = class_prototypes(cfg, train.classes, run_dir)
+    labels = np.array([r.label for r in train.records])
+    margin, _ = text_margins_of(np.asarray(emb), protos, labels)
+    with np.errstate(invalid="ignore"):
+        return margin > 0
 
 
 def held_out_ids(run_dir: str | os.PathLike) -> set[str]:
