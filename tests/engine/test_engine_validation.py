@@ -1,6 +1,7 @@
 """``train.val_split=auto``: val.jsonl when DATA has it, else a held-out slice of the training rows."""
 
 import csv
+import dataclasses
 import shutil
 from collections import Counter
 
@@ -34,6 +35,34 @@ def test_holdout_takes_a_share_of_every_label_and_is_seeded():
     assert holdout_rows(recs, share=0.0, most=100, seed=0).size == 0
 
 
+def test_holdout_draws_from_eligible_rows_and_a_label_without_any_lends_its_others():
+    recs = _records({0: 50, 1: 30, 2: 20})
+    eligible = np.zeros(len(recs), bool)
+    eligible[[1, 3, 5, 7, 9, 11, 13]] = True      # 7 of label 0 (its share is 5)
+    eligible[[50, 51]] = True                      # 2 of label 1 (its share is 3): both
+    rows = holdout_rows(recs, share=0.1, most=100, seed=0, eligible=eligible)  # label 2: none eligible
+    held = Counter(recs[i].label for i in rows)
+    assert held == {0: 5, 1: 2, 2: 2}
+    assert set(rows[[recs[i].label == 0 for i in rows]]) <= {1, 3, 5, 7, 9, 11, 13}
+    assert {50, 51} <= set(rows)
+
+
+def test_text_verified_rows_prefer_their_web_label_by_hand(tiny_web_data, tmp_path):
+    from capro.engine.validation import text_verified
+    from capro.text.pipeline import class_prototypes, encode_split_texts
+
+    cfg = load_config(preset="tiny")
+    train = read_split(tiny_web_data, "train")
+    got = text_verified(cfg, train, tmp_path)
+    emb = np.asarray(encode_split_texts(cfg, dataclasses.replace(train, name="holdout-draw"), tmp_path))
+    protos = class_prototypes(cfg, train.classes, tmp_path)
+    cos = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (protos / np.linalg.norm(protos, axis=1, keepdims=True)).T
+    want = [cos[i, r.label] > max(cos[i, c] for c in range(len(protos)) if c != r.label)
+            for i, r in enumerate(train.records)]
+    assert got.dtype == bool and 0 < got.sum() < len(got)
+    assert np.array_equal(got, want)
+
+
 @pytest.fixture(scope="module")
 def no_val_data(tiny_web_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("noval") / "data"
@@ -62,7 +91,8 @@ def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_
     run = tmp_path / "run"
     cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn"])
     metrics = run_pipeline(no_val_data, run, cfg, progress=False)
-    assert metrics["validation"] == {"split": HOLDOUT, "labels": "web (noisy)", "held_out_rows": 20}
+    assert metrics["validation"] == {"split": HOLDOUT, "labels": "web (noisy)", "held_out_rows": 20,
+                                     "text_verified": 20}  # every label had at least its share
     assert metrics["n_train"] == 180
     held = read_jsonl(run / "holdout.jsonl")
     assert len(held) == 20 and all("held out of training" in r["reason"] for r in held)
