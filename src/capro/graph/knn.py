@@ -180,7 +180,8 @@ class FaissIvf(_FaissSearch):
     Args:
         nlist: k-means cells (0 = ``4 * sqrt(N)``, at most N / 39 so each cell trains on 39 points).
         nprobe: cells searched per query (more: higher recall, slower).
-        train_size: points the k-means is trained on (at most N).
+        train_size: points the k-means is trained on (at most N; at least 39 per cell, faiss's
+            minimum, so more above ~2.8M points).
         device: with a CUDA device and a faiss built with GPU support (faiss-gpu), the trained
             index is searched on that GPU; otherwise on the CPU.
     """
@@ -206,7 +207,8 @@ class FaissIvf(_FaissSearch):
         quant = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(self.seed)
-        sample = x if n <= self.train_size else x[np.sort(rng.choice(n, self.train_size, replace=False))]
+        size = max(self.train_size, 39 * nlist)
+        sample = x if n <= size else x[np.sort(rng.choice(n, size, replace=False))]
         index.cp.seed = self.seed
         index.train(sample)
         index.add(x)
