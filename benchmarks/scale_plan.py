@@ -133,17 +133,23 @@ def plan() -> list[tuple[str, dict[str, float]]]:
     return list(rows.items())
 
 
+def _hm(hours: float) -> str:
+    """``h:mm``, or ``<0:01`` below a minute."""
+    minutes = round(hours * 60)
+    return "<0:01" if minutes < 1 else f"{minutes // 60:,}:{minutes % 60:02d}"
+
+
 def table() -> str:
     c = per_item()
     costs = _read("scale_costs.json")
     cols = [f"{s} / {m}" for s in SETS for m in MACHINES]
-    lines = ["| stage | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = ["| stage (h:mm) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for stage, hours in plan():
-        cells = [f"{hours[col]:,.1f}" if hours[col] >= 0.1 else f"{hours[col] * 60:.1f} min" for col in cols]
+        cells = [_hm(hours[col]) for col in cols]
         name = f"**{stage}**" if stage == "total" else stage
         lines.append(f"| {name} | " + " | ".join(f"**{x}**" if stage == "total" else x for x in cells) + " |")
     match = ", ".join(f"{r['class_size']:,}: {r['seconds']:.1f} s" for r in costs["match"])
-    lines += ["", f"Hours unless marked. Measured inputs (one core of this machine, {costs['date']}, "
+    lines += ["", f"Measured inputs (one core of this machine, {costs['date']}, "
               f"commit `{costs['commit']}`): re-ranking {c['rerank_per_node'] * 1e6:.0f} s and enhancement "
               f"{c['enhance_per_node'] * 1e6:.0f} s per million nodes; IVF "
               + (f"at 10M {c['ivf_10m_build']:.0f} s to build and {c['ivf_10m_per_query'] * 1e3:.2f} ms per "

@@ -13,7 +13,7 @@ from capro.data.layout import Record, Split, read_split
 from capro.engine.runner import run_pipeline
 from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation, trained_split
 from capro.report.export import export_run
-from capro.utils.io import read_jsonl
+from capro.utils.io import read_json, read_jsonl
 
 
 def _records(counts: dict[int, int]) -> list[Record]:
@@ -105,6 +105,11 @@ def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_
     # later commands (capro clean, capro graph match) pick up the rows the run trained on
     rest = trained_split(read_split(no_val_data, "train"), run)
     assert len(rest) == 180 and not {r["id"] for r in held} & {r.id for r in rest.records}
+    # the texts were encoded once, to draw the held-out rows; the text step took its rows from there
+    ids = [r.id for r in read_split(no_val_data, "train").records]
+    draw = np.load(run / "text" / "texts_holdout-draw.npy")
+    np.testing.assert_array_equal(np.load(run / "text" / "texts.npy"), draw[[ids.index(r.id) for r in rest.records]])
+    assert read_json(run / "text" / "_steps" / "texts" / "done.json")["taken_from"] == "holdout-draw"
     assert trained_split(read_split(no_val_data, "train"), tmp_path).records == read_split(no_val_data, "train").records
     # the cleaned dataset says why the held-out rows are not in it
     out = tmp_path / "export"

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from capro.config import Config, save_config, to_dict
-from capro.data.layout import ClassInfo, available_splits, read_classes
+from capro.data.layout import ClassInfo, Split, available_splits, read_classes
 from capro.data.validate import load_split_for_run, read_truth
 from capro.engine.artefacts import write_run_artefacts
 from capro.engine.checkpoint import load_checkpoint, seed_everything
@@ -55,6 +55,7 @@ from capro.engine.stages import (
 )
 from capro.engine.validation import (
     HOLDOUT,
+    HOLDOUT_DRAW,
     Validation,
     resolve_validation,
     text_verified,
@@ -161,6 +162,9 @@ class _Pipeline:
         self._scorer: EpochScorer | None = None
         self.guard: dict[str, Any] | None = None
         self.keep_rule: dict[str, Any] | None = None
+        self.encoded_superset: Split | None = None
+        """The training rows before the held-out split was drawn, when their texts were encoded
+        to draw it (D20): the text step takes its rows from there."""
 
     def dir(self, name: str) -> Path:
         return self.ctx.run_dir / name
@@ -286,7 +290,7 @@ def _anchors(p: _Pipeline, stage1_model: CAPro) -> tuple[np.ndarray, np.ndarray 
     path = p.dir("anchors") / "anchors.npz"
     if broadcast_object(not (p.done("anchors") and path.is_file())):
         t0 = time.perf_counter()
-        text_emb = encode_split_texts(ctx.cfg, ctx.train, ctx.run_dir)
+        text_emb = encode_split_texts(ctx.cfg, ctx.train, ctx.run_dir, subset_of=p.encoded_superset)
         t_text = time.perf_counter() - t0
         feats = _features(p, stage1_model)
         if ctx.is_main:
@@ -542,6 +546,7 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
     train = load_split_for_run(data_root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images, classes=classes)
     validation = resolve_validation(cfg, data_root, train, eligible=lambda: text_verified(cfg, train, run_dir))
+    drawn_from = train
     train = validation.train
     multi = cfg.method.multi_label if cfg.method.multi_label is not None else train.multi_label
     if multi and cfg.stage3.mixup and cfg.stage3.epochs > 0:
@@ -572,6 +577,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                      resume=resume, progress=info.is_main and (stderr_isatty() if progress is None else progress),
                      log_steps=progress is None)
     p = _Pipeline(ctx, _fingerprints(cfg, data_root, len(train), validation.split), validation)
+    if validation.verified is not None:
+        p.encoded_superset = dataclasses.replace(drawn_from, name=HOLDOUT_DRAW)
     t_run = time.perf_counter()
 
     seed_everything(cfg.seed)

@@ -23,6 +23,9 @@ from capro.data.layout import Record, Split, available_splits
 from capro.utils.io import read_jsonl
 
 HOLDOUT = "holdout"
+HOLDOUT_DRAW = "holdout-draw"
+"""The name under which the texts of every training row are encoded to draw a text-verified
+held-out split (``RUN/text/texts_holdout-draw.npy``)."""
 
 
 @dataclass
@@ -112,7 +115,7 @@ def text_verified(cfg, train: Split, run_dir: str | os.PathLike) -> np.ndarray:
     from capro.text.pipeline import class_prototypes, encode_split_texts
     from capro.utils.dist import barrier, is_main
 
-    emb = encode_split_texts(cfg, dataclasses.replace(train, name="holdout-draw"), run_dir)
+    emb = encode_split_texts(cfg, dataclasses.replace(train, name=HOLDOUT_DRAW), run_dir)
     if is_main():  # writes RUN/text/prototypes.npy; the other ranks then read it
         class_prototypes(cfg, train.classes, run_dir)
     barrier()

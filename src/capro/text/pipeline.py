@@ -16,6 +16,7 @@ files); :func:`class_prototypes` runs on one process (rank 0) and does not synch
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -81,8 +82,13 @@ def _step_dir(run_dir: str | Path, step: str) -> Path:
     return text_dir(run_dir) / "_steps" / step
 
 
-def encode_split_texts(cfg: Config, split: Split, run_dir: str | Path) -> np.ndarray:
+def encode_split_texts(cfg: Config, split: Split, run_dir: str | Path, *,
+                       subset_of: Split | None = None) -> np.ndarray:
     """Clean and encode the web text of every record of ``split``.
+
+    ``subset_of``: a split already encoded in ``run_dir`` with the same settings that holds every
+    record of ``split`` (the training rows before a held-out split was drawn): its rows are
+    taken instead of encoding again.
 
     Returns:
         float32 ``[N, D]`` L2-normalised embeddings, row ``i`` for ``split.records[i]``
@@ -93,18 +99,14 @@ def encode_split_texts(cfg: Config, split: Split, run_dir: str | Path) -> np.nda
     if unknown:
         raise ConfigError(f"config key 'data.text_fields': unknown field(s) {', '.join(unknown)}; "
                           f"choose from {', '.join(TEXT_FIELDS)}")
-    raw = [r.text(fields) for r in split.records]
     ids = [r.id for r in split.records]
-    params = {
-        "step": "texts", "split": split.name, "clean_version": CLEAN_VERSION, "fields": fields,
-        "encoder": encoder_identity(cfg.text.encoder), "max_chars": cfg.text.max_chars,
-        "ids": texts_digest(ids), "raw": texts_digest(raw),
-    }
-    fp = fingerprint(params)
+    fp = fingerprint(_split_params(cfg, split))
     out = texts_path(run_dir, split.name)
     step = _step_dir(run_dir, f"texts{_suffix(split.name)}")
     if broadcast_object(is_done(step, fp) and out.is_file()):
         return np.load(out, mmap_mode="r")
+    if subset_of is not None and broadcast_object(_is_encoded(cfg, subset_of, run_dir)):
+        return _take_rows(cfg, split, subset_of, run_dir, step, fp)
     cleaned = [record_text(r, fields) for r in split.records]
     if is_main():
         write_jsonl(cleaned_path(run_dir, split.name),
@@ -116,6 +118,43 @@ def encode_split_texts(cfg: Config, split: Split, run_dir: str | Path) -> np.nda
     if is_main():
         mark_done(step, fp, rows=len(ids), dim=int(emb.shape[1]), encoder=encoder.name)
     return emb
+
+
+def _split_params(cfg: Config, split: Split) -> dict:
+    fields = list(cfg.data.text_fields)
+    return {"step": "texts", "split": split.name, "clean_version": CLEAN_VERSION, "fields": fields,
+            "encoder": encoder_identity(cfg.text.encoder), "max_chars": cfg.text.max_chars,
+            "ids": texts_digest([r.id for r in split.records]),
+            "raw": texts_digest([r.text(fields) for r in split.records])}
+
+
+def _is_encoded(cfg: Config, split: Split, run_dir: str | Path) -> bool:
+    """Whether ``split``'s texts are in ``run_dir`` under the current settings."""
+    step = _step_dir(run_dir, f"texts{_suffix(split.name)}")
+    return is_done(step, fingerprint(_split_params(cfg, split))) and texts_path(run_dir, split.name).is_file()
+
+
+def _take_rows(cfg: Config, split: Split, whole: Split, run_dir: str | Path, step: Path, fp: str) -> np.ndarray:
+    """``split``'s rows of the encoded ``whole`` (which holds all of them), written as ``split``'s
+    texts and cleaned texts (rank 0), and returned memory-mapped."""
+    from capro.utils.dist import barrier
+
+    where = {r.id: i for i, r in enumerate(whole.records)}
+    rows = np.array([where[r.id] for r in split.records], dtype=np.int64)
+    out = texts_path(run_dir, split.name)
+    if is_main():
+        emb = np.load(texts_path(run_dir, whole.name), mmap_mode="r")
+        with atomic_write(out, "wb", encoding=None) as fh:
+            np.save(fh, np.asarray(emb[rows], dtype=np.float32))
+        cleaned = {}
+        with open(cleaned_path(run_dir, whole.name), encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                cleaned[row["id"]] = row["text"]
+        write_jsonl(cleaned_path(run_dir, split.name), ({"id": r.id, "text": cleaned[r.id]} for r in split.records))
+        mark_done(step, fp, rows=len(rows), dim=int(emb.shape[1]), taken_from=whole.name)
+    barrier()
+    return np.load(out, mmap_mode="r")
 
 
 def class_prototypes(cfg: Config, classes: list[ClassInfo], run_dir: str | Path) -> np.ndarray:
