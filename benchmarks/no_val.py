@@ -45,8 +45,7 @@ def _without_val(data: Path) -> Path:
 VARIANTS = {"with_val": [], "without_val_text": ["train.holdout_from=text"],
             "without_val_any": ["train.holdout_from=any"]}
 """Run variants: with ``val.jsonl``; without it, the held-out rows drawn from text-verified rows
-(D20, the default) or from any row (the rule before D20; the results recorded as ``without_val``
-before D20 used it)."""
+(D20, opt-in) or from any row (the default; the results recorded as ``without_val`` used it)."""
 
 
 def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = None) -> dict:

@@ -245,11 +245,12 @@ class TrainConfig:
     of training as a noisy validation split ..."""
     holdout_max: int = 5000
     """... and at most this many rows in all."""
-    holdout_from: str = "text"
-    """Which rows may be held out: ``text`` (D20), rows whose own web text prefers their web
-    label's textual prototype over every other class (the anchors' evidence rule, on the raw
-    text), so the held-out labels are cleaner than the crawl's (a class with no such row lends
-    its others); ``any``: any row (the rule before D20)."""
+    holdout_from: str = "any"
+    """Which rows may be held out: ``any`` row, or (``text``, opt-in, D20) rows whose own web text
+    prefers their web label's textual prototype over every other class (the anchors' evidence
+    rule on the raw text), so the held-out labels are cleaner than the crawl's (a class with no
+    such row lends its others). ``text`` also takes those rows away from the anchors; on the
+    validation seeds it did not select better (BENCHMARKS.md, "Users without a validation split")."""
     val_every: int = 1
     """Score ``val_split`` every this many epochs (and always after the last); 0 = never."""
     keep: str = "best"
@@ -537,7 +538,7 @@ _CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
     "train.on_bad_image": ("skip", "stop"),
     "train.keep": ("best", "last"),
-    "train.holdout_from": ("text", "any"),
+    "train.holdout_from": ("any", "text"),
     "clean.stage2_checkpoint": ("kept", "best"),
 }
 

@@ -89,7 +89,7 @@ def test_auto_uses_val_when_present_and_a_holdout_otherwise(tiny_web_data, no_va
 
 def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_path, capsys):
     run = tmp_path / "run"
-    cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn"])
+    cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn", "train.holdout_from=text"])
     metrics = run_pipeline(no_val_data, run, cfg, progress=False)
     assert metrics["validation"] == {"split": HOLDOUT, "labels": "web (noisy)", "held_out_rows": 20,
                                      "text_verified": 20}  # every label had at least its share
