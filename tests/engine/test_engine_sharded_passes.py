@@ -1,11 +1,12 @@
 """The passes over the data outside training are shared by the ranks and equal one process's.
 
-A one-process run is the reference. Its copy, with the text, feature, graph, anchor and stage-3a
-results removed, is finished by two gloo processes under torchrun: stage 1, stage 2 and stage 3b
-are done (same fingerprints) and are loaded, so every pass runs on the same weights as in the
-reference, each rank on its slice. Text embeddings, features, neighbour lists, anchors, cleaning
-scores and verdicts, and the evaluation must equal the reference's (floats to 1e-5: one process
-runs two threads, each of two processes one; discrete results exactly).
+The session's one-process run (``tiny_run``) is the reference. Its copy, with the text, feature,
+graph, anchor and stage-3a results removed, is finished by two gloo processes under torchrun:
+stage 1, stage 2 and stage 3b are done (same fingerprints) and are loaded, so every pass runs on
+the same weights as in the reference, each rank on its slice (200 texts make 4 chunks, 200
+images 2 batches: both ranks get work). Text embeddings, features, neighbour lists, anchors,
+cleaning scores and verdicts, and the evaluation must equal the reference's (floats to 1e-5:
+one process runs two threads, each of two processes one; discrete results exactly).
 """
 
 import json
@@ -15,31 +16,26 @@ import subprocess
 import sys
 
 import numpy as np
-from _launch import GN_OVERRIDES, free_port
+from _launch import free_port
+
+from conftest import TINY_RUN_OVERRIDES
 
 LAUNCHER = os.path.join(os.path.dirname(__file__), "_launch.py")
-# stage 3 on (its 3a pass is under test); small batches and chunks so that both ranks get work
-OVERRIDES = [*GN_OVERRIDES, "stage3.epochs=1", "train.eval_batch_size=32", "text.chunk_size=64",
-             "text.batch_size=32"]
 RECOMPUTED = ["text", "features", "graph", "match", "anchors", "stage3a", "eval", "metrics.json", "model.pt"]
 
 
-def _run(cmd: list[str]) -> None:
-    env = {**os.environ, "CAPRO_TEST_GN": "1", "CAPRO_TEST_AT": ""}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def test_two_processes_share_the_passes_and_match_one(tiny_web_data, tmp_path):
-    args = ["run", str(tiny_web_data), *OVERRIDES, "--preset", "tiny"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, LAUNCHER, *args, "--out", str(one)])
+def test_two_processes_share_the_passes_and_match_one(tiny_run, tiny_web_data, tmp_path):
+    one, two = tiny_run[0], tmp_path / "two"
     shutil.copytree(one, two)
     for name in RECOMPUTED:
         path = two / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-          "--master_port", str(free_port()), LAUNCHER, *args, "--out", str(two)])
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), LAUNCHER, "run", str(tiny_web_data), *TINY_RUN_OVERRIDES,
+         "--preset", "tiny", "--device", "cpu", "--out", str(two)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "CAPRO_TEST_GN": "", "CAPRO_TEST_AT": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
 
     a, b = json.loads((one / "metrics.json").read_text()), json.loads((two / "metrics.json").read_text())
     assert b["world_size"] == 2 and b["stages"]["features"]["world_size"] == 2

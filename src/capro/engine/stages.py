@@ -464,10 +464,11 @@ class OfflineCleaning:
 
 @torch.no_grad()
 def _cleaning_scores(ctx: RunContext, model: CAPro) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor],
-                                                             list[tuple[int, str]]]:
+                                                             list[tuple[int, str]]] | None:
     """Stage 3a's pass over the training split: scores s [N, C], readable [N] bool, the nearest
     prototype per batch (single-label) and the unreadable (position, reason) pairs. Every rank
-    scores its slice (cut at batch boundaries) and gets the whole result."""
+    scores its slice (cut at batch boundaries); rank 0 gets the whole result, the other ranks
+    None (the [N, C] scores are not copied to every rank)."""
     cfg, device = ctx.cfg, ctx.dist.device
     model.eval()
     loader = batch_loader(ctx.eval_dataset(), batch_size=cfg.train.eval_batch_size,
@@ -483,7 +484,9 @@ def _cleaning_scores(ctx: RunContext, model: CAPro) -> tuple[torch.Tensor, torch
         if not ctx.multi_label:
             nearest.append((out["embedding"] @ protos.t()).argmax(dim=1).cpu())
     model.train()
-    parts = [part for part in gather_objects((scores, valid, nearest, skipped)) if part[0]]
+    parts = [part for part in gather_objects((scores, valid, nearest, skipped), to_main=True) if part[0]]
+    if not ctx.is_main:
+        return None
     return (torch.cat([t for part in parts for t in part[0]]), torch.cat([t for part in parts for t in part[1]]),
             [t for part in parts for t in part[2]], [item for part in parts for item in part[3]])
 
@@ -501,9 +504,10 @@ def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
     transform in eval mode (D7), so the verdicts are reproducible.
     """
     cfg = ctx.cfg
-    s, ok, nearest, skipped = _cleaning_scores(ctx, model)
-    if not ctx.is_main:
+    scored = _cleaning_scores(ctx, model)
+    if scored is None:  # not rank 0
         return None
+    s, ok, nearest, skipped = scored
     bad = ctx.bad_image_log("stage3a")
     bad.start()
     bad.add(skipped, during="cleaning")

@@ -65,10 +65,14 @@ def shard_range(n: int, *, align: int = 1, rank_: int | None = None, world: int 
     return range(min(lo * align, n), min(hi * align, n))
 
 
-def gather_objects(obj: object) -> list[object]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
+def gather_objects(obj: object, *, to_main: bool = False) -> list[object]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed);
+    with ``to_main`` on rank 0 only (the other ranks get ``[]`` and hold nothing more)."""
     if not is_dist():
         return [obj]
     out: list[object] = [None] * world_size()
+    if to_main:
+        dist.gather_object(obj, out if is_main() else None, dst=0)
+        return out if is_main() else []
     dist.all_gather_object(out, obj)
     return out
