@@ -58,13 +58,25 @@ def _sharded(rank: int) -> tuple:
     return out, targets, skipped, sorted(ds.read), metrics
 
 
-def test_collect_shares_the_rows_and_gathers_one_process_result():
+def _all_checks(rank: int, work: str) -> dict:
+    """Every two-rank check of this module, in one spawn of two gloo processes."""
+    return {"collect": _sharded(rank), "encode": _encode(rank, f"{work}/two.npy"),
+            "write": _write_two(rank, f"{work}/rows.npy")}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[list[dict], Path]:
+    work = tmp_path_factory.mktemp("two_ranks")
+    return run_gloo(_all_checks, world=2, args=(str(work),)), work
+
+
+def test_collect_shares_the_rows_and_gathers_one_process_result(two_ranks):
     ref_skipped: list = []
     ref_out, ref_targets = collect(_model(), Rows(), device=torch.device("cpu"), batch_size=BATCH,
                                    skipped=ref_skipped)
     ref_metrics = evaluate_model(_model(), Rows(), multi_label=False, device=torch.device("cpu"), batch_size=BATCH)
     assert ref_out.shape == (N - 1, 3) and ref_skipped == [(BAD, "broken file")]
-    results = run_gloo(_sharded, world=2)
+    results = [r["collect"] for r in two_ranks[0]]
     # 6 batches of 4: rank 0 reads rows 0-11, rank 1 rows 12-22
     assert [r[3] for r in results] == [list(range(12)), list(range(12, N))]
     for out, targets, skipped, _, metrics in results:
@@ -98,18 +110,18 @@ def _encode(rank: int, path: str) -> tuple:
     return np.asarray(emb), enc.calls
 
 
-def test_text_encoding_shares_the_chunks_among_ranks(tmp_path):
+def test_text_encoding_shares_the_chunks_among_ranks(two_ranks, tmp_path):
     one = Recording()
     from capro.text.encode import encode_to_file
 
     ref = np.asarray(encode_to_file(one, TEXTS, tmp_path / "one.npy", batch_size=2, chunk_size=3, progress=False))
-    (a, calls_a), (b, calls_b) = run_gloo(_encode, world=2, args=(str(tmp_path / "two.npy"),))
+    (a, calls_a), (b, calls_b) = (r["encode"] for r in two_ranks[0])
     # four chunks of the length order: rank 0 encodes chunks 0 and 2, rank 1 chunks 1 and 3
     assert calls_a == [one.calls[0], one.calls[2]] and calls_b == [one.calls[1], one.calls[3]]
     np.testing.assert_allclose(a, ref, atol=1e-6)
     np.testing.assert_array_equal(a, b)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npy", "one.npy.progress.json", "two.npy",
-                                                          "two.npy.progress.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npy", "one.npy.progress.json"]
+    assert not (two_ranks[1] / "two.npy.chunks").exists() and (two_ranks[1] / "two.npy.progress.json").is_file()
 
 
 def _square_rows(rows: range) -> tuple[np.ndarray, list]:
@@ -133,16 +145,16 @@ def _write_two(rank: int, out: str) -> tuple:
     return seen, skipped
 
 
-def test_write_sharded_on_two_ranks_equals_one_and_resumes_slice_by_slice(tmp_path):
+def test_write_sharded_on_two_ranks_equals_one_and_resumes_slice_by_slice(two_ranks, tmp_path):
     from capro.engine.shards import shard_dir, write_sharded
 
     want = np.array([[i, i * i] for i in range(11)], np.float32)
     want[5] = 0.0
-    (a_seen, a_bad), (b_seen, b_bad) = run_gloo(_write_two, world=2, args=(str(tmp_path / "two.npy"),))
+    (a_seen, a_bad), (b_seen, b_bad) = (r["write"] for r in two_ranks[0])
     assert a_seen == [range(0, 6)] and b_seen == [range(6, 11)]  # 4 blocks of 3: two each
     assert a_bad == b_bad == [(5, "broken")]
-    np.testing.assert_array_equal(np.load(tmp_path / "two.npy"), want)
-    assert not (tmp_path / "two.npy.shards").exists()
+    np.testing.assert_array_equal(np.load(two_ranks[1] / "rows.npy"), want)
+    assert not (two_ranks[1] / "rows.npy.shards").exists()
 
     # one process: a slice left on disk by an interrupted attempt is loaded, not recomputed
     out = tmp_path / "one.npy"
