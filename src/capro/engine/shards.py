@@ -12,7 +12,6 @@ removes the slice files.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from capro.utils.dist import barrier, broadcast_object, is_main, shard_range, world_size
-from capro.utils.io import atomic_write
+from capro.utils.io import atomic_write, open_npy, publish_npy
 
 Slice = tuple[np.ndarray, list[tuple[int, str]]]
 """A slice's rows [len(rows), F] float32 (F may be 0 when none could be read) and its unreadable
@@ -58,24 +57,20 @@ def write_sharded(out: Path, n: int, *, align: int, tag: str,
 
 
 def _assemble(out: Path, n: int, parts: Path, slices: list[range]) -> list[tuple[int, str]]:
-    """Rank 0: the slice files into ``out`` in order; their unreadable samples."""
+    """Rank 0: the slice files into ``out`` in order, each read once; their unreadable samples.
+    Rows of a slice with no readable sample stay zero; with none anywhere nothing is written."""
     skipped: list[tuple[int, str]] = []
-    dim = 0
-    for s in slices:
-        with np.load(parts / f"{s.start}-{s.stop}.npz") as z:
-            dim = max(dim, z["rows"].shape[1])
-            skipped += list(zip(z["bad_pos"].tolist(), z["bad_reason"].tolist()))
-    if dim == 0:
-        return skipped
-    work = out.with_name(out.stem + ".partial.npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    mm = np.lib.format.open_memmap(work, mode="w+", dtype=np.float32, shape=(n, dim))
+    mm = None
     for s in slices:
         with np.load(parts / f"{s.start}-{s.stop}.npz") as z:
             block = z["rows"]
-            mm[s.start:s.stop] = block if block.shape[1] == dim else 0.0
-    mm.flush()
-    del mm
-    os.replace(work, out)
-    shutil.rmtree(parts.parent, ignore_errors=True)
+            skipped += list(zip(z["bad_pos"].tolist(), z["bad_reason"].tolist()))
+        if block.shape[1] == 0:
+            continue
+        if mm is None:
+            mm = open_npy(out, (n, block.shape[1]))  # zero-filled
+        mm[s.start:s.stop] = block
+    if mm is not None:
+        publish_npy(mm, out)
+        shutil.rmtree(parts.parent, ignore_errors=True)
     return skipped

@@ -23,7 +23,6 @@ one process (rank 0); nothing here synchronises ranks.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from capro.graph.match import (
 from capro.graph.rerank import rerank_knn
 from capro.utils.cache import fingerprint, is_done, mark_done
 from capro.utils.dist import is_main
-from capro.utils.io import atomic_write, write_json, write_jsonl
+from capro.utils.io import atomic_write, open_npy, partial_npy, publish_npy, write_json, write_jsonl
 from capro.utils.progress import progress as log_progress
 
 MATCH_FILES = ("text_distance", "text_cosine", "domain")
@@ -105,16 +104,10 @@ def save_npy(path: Path, a: np.ndarray) -> None:
     """Write ``a`` to ``path`` atomically; an array memory-mapped from :func:`partial_npy` of
     ``path`` is flushed and renamed instead of copied."""
     if isinstance(a, np.memmap) and a.filename is not None and Path(a.filename) == partial_npy(path):
-        a.flush()
-        os.replace(partial_npy(path), path)
+        publish_npy(a, path)
         return
     with atomic_write(path, "wb", encoding=None) as fh:
         np.save(fh, a)
-
-
-def partial_npy(path: Path) -> Path:
-    """Where a step writes a large ``.npy`` output row block by row block before it is complete."""
-    return path.with_name(path.stem + ".partial.npy")
 
 
 def _device(cfg: Config) -> str:
@@ -237,9 +230,7 @@ def graph_enhance(cfg: Config, features: np.ndarray, text_emb: np.ndarray,
 
     def compute() -> dict[str, np.ndarray]:
         # written row block by row block into a file: memory holds no second N x D copy
-        path = graph_dir(run_dir) / "enhanced.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        into = np.lib.format.open_memmap(partial_npy(path), mode="w+", dtype=np.float32, shape=text_emb.shape)
+        into = open_npy(graph_dir(run_dir) / "enhanced.npy", text_emb.shape)
         enhanced, isolated = enhance_text(rr["rerank_ids"], rr["rerank_dist"], text_emb, keep=g.keep,
                                           edge_weight=mode, self_weight=g.self_weight, out=into)
         return {"enhanced": enhanced, "isolated": isolated}
@@ -268,10 +259,9 @@ def match_texts(cfg: Config, split: Split, features: np.ndarray, text_emb: np.nd
     def compute() -> dict[str, np.ndarray]:
         dist = text_distances(enhanced, prototypes, labels, method=m.method, k1=g.k1, k2=g.k2,
                               lam=g.lam, device=_device(cfg), progress=_progress())
-        path = match_dir(run_dir) / "text_cosine.npy"  # [N, C]: into a file, row block by row block
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cos = text_cosine(enhanced, prototypes, out=np.lib.format.open_memmap(
-            partial_npy(path), mode="w+", dtype=np.float32, shape=(enhanced.shape[0], prototypes.shape[0])))
+        # [N, C]: into a file, row block by row block
+        cos = text_cosine(enhanced, prototypes, out=open_npy(match_dir(run_dir) / "text_cosine.npy",
+                                                            (enhanced.shape[0], prototypes.shape[0])))
         out = {"text_distance": dist, "text_cosine": cos}
         write_jsonl(match_dir(run_dir) / "scores.jsonl", score_rows(split, labels, dist, cos))
         return out

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from capro.errors import ConfigError
 from capro.utils.dist import barrier, broadcast_object, is_main, rank, world_size
-from capro.utils.io import atomic_write, read_json, write_json
+from capro.utils.io import atomic_write, open_npy, publish_npy, read_json, write_json
 
 ENCODERS = ("minilm", "<path to a sentence-transformers dir>", "<path to a Hugging Face model dir>")
 
@@ -178,10 +178,6 @@ def _progress_path(path: Path) -> Path:
     return path.with_name(path.name + ".progress.json")
 
 
-def _partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial.npy")
-
-
 def _chunk_dir(path: Path) -> Path:
     return path.with_name(path.name + ".chunks")
 
@@ -288,11 +284,8 @@ def _assemble(parts: Path, path: Path, order: np.ndarray, chunk_size: int, shape
     in memory at a time) and remove ``parts``."""
     import shutil
 
-    work = _partial_path(path)
-    mm = np.lib.format.open_memmap(work, mode="w+", dtype=np.float32, shape=shape)
+    mm = open_npy(path, shape)
     for k in range((shape[0] + chunk_size - 1) // chunk_size):
         mm[order[k * chunk_size:(k + 1) * chunk_size]] = np.load(parts / f"{k}.npy")
-    mm.flush()
-    del mm
-    os.replace(work, path)
+    publish_npy(mm, path)
     shutil.rmtree(parts, ignore_errors=True)

@@ -96,3 +96,25 @@ def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             shutil.copy2(a, b)
 
     shutil.copytree(src, dst, copy_function=link)
+
+
+def partial_npy(path: str | os.PathLike) -> Path:
+    """Where a large ``.npy`` output is written, block by block, before it is complete."""
+    path = Path(path)
+    return path.with_name(path.stem + ".partial.npy")
+
+
+def open_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any = "float32"):
+    """A new memory-mapped ``.npy`` of ``shape`` at :func:`partial_npy` of ``path``, to fill row
+    block by row block and then hand to :func:`publish_npy` (the finished name only ever holds a
+    complete file)."""
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(partial_npy(path), mode="w+", dtype=dtype, shape=shape)
+
+
+def publish_npy(array, path: str | os.PathLike) -> None:
+    """Flush the :func:`open_npy` array of ``path`` and rename it to ``path``."""
+    array.flush()
+    os.replace(partial_npy(path), path)
