@@ -175,6 +175,11 @@ class MethodConfig:
     keep_top: int = 0
     """When > 0, single-label cleaning also requires the label to be among the ``keep_top``
     best-scored classes to keep it (1: the scores must agree with the label); 0 = off, the paper."""
+    keep_rules: list[str] = field(default_factory=list)
+    """Online keep rules to try (D21, single-label): stage 2 is trained once per rule from the
+    same stage-1 weights and anchors, and the one whose stage-2 model scores best on the
+    validation split goes on (e.g. ``[paper, top1]``; :mod:`capro.engine.keep_rules`). Each rule
+    costs one stage 2. Empty: the ``keep_th`` / ``keep_top`` rule only."""
     protect_anchors: bool = True
     prototypes: str = "anchors"
     """How prototypes start: ``anchors`` (CAPro) or ``all`` (MoPro: zero-initialised, updated from
@@ -628,14 +633,17 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key {_show(key)}: {value!r} must be {rule}")
     if cfg.graph.keep > cfg.graph.k:
         raise ConfigError(f"config key 'graph.keep' ({cfg.graph.keep}) must not exceed 'graph.k' ({cfg.graph.k})")
-    if cfg.clean.keep_rules:
+    for key in ("clean.keep_rules", "method.keep_rules"):
+        rules = get_key(cfg, key)
+        if not rules:
+            continue
         from capro.engine.keep_rules import parse_rule
 
-        if not isinstance(cfg.clean.keep_rules, list) or len(set(map(str, cfg.clean.keep_rules))) != len(cfg.clean.keep_rules):
-            raise ConfigError(f"config key 'clean.keep_rules': {_show(cfg.clean.keep_rules)} must be a list of "
+        if not isinstance(rules, list) or len(set(map(str, rules))) != len(rules):
+            raise ConfigError(f"config key {key!r}: {_show(rules)} must be a list of "
                               "distinct rule names, e.g. [paper, top1, th0.3]")
-        for rule in cfg.clean.keep_rules:
-            parse_rule(str(rule))
+        for rule in rules:
+            parse_rule(str(rule), key=key)
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"config key 'data.channels': {cfg.data.channels} must be 1 or 3")
 

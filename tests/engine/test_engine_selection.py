@@ -193,3 +193,40 @@ def test_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
     assert (run / "stage3a" / "samples.jsonl").read_bytes() == (chosen / "stage3a" / "samples.jsonl").read_bytes()
     with pytest.raises(CaproError, match="is not a keep rule"):
         load_config(overrides=["clean.keep_rules=[paper,strict]"])
+
+
+def test_online_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
+    from capro.engine.keep_rules import choose
+    from capro.utils.io import read_json
+
+    base = ["model.backbone=simple_cnn", "stage3.epochs=0"]
+    plain = run_pipeline(tiny_web_data, tmp_path / "plain", load_config(preset="tiny", overrides=base),
+                         progress=False)
+    run = tmp_path / "run"
+    cfg = load_config(preset="tiny", overrides=[*base, "method.keep_rules=[paper,top1]"])
+    m = run_pipeline(tiny_web_data, run, cfg, progress=False)
+    o = m["online_rule"]
+    assert list(o["rules"]) == ["paper", "top1"] and o["split"] == "val"
+    scores = {r: v["score"] for r, v in o["rules"].items()}
+    assert o["chosen"] == choose(scores)
+    for rule in ("paper", "top1"):  # under train.keep=best a rule scores its best epoch
+        done = read_json(run / "online_rules" / rule / "stage2" / "done.json")
+        assert scores[rule] == pytest.approx(done["best_val"])
+        assert o["rules"][rule]["kept"] + o["rules"][rule]["relabeled"] + o["rules"][rule]["removed"] == m["n_train"]
+    # the paper's branch is the run without the key: same seed, same weights, same score
+    paper = load_checkpoint(run / "online_rules" / "paper" / "stage2" / "checkpoint.pt")["model"]
+    assert _same_weights(paper, load_checkpoint(tmp_path / "plain" / "stage2" / "checkpoint.pt")["model"])
+    assert scores["paper"] == pytest.approx(plain["stages"]["stage2"]["best_val"])
+    # the chosen branch is published as the run's stage 2 and is the final model
+    chosen = run / "online_rules" / o["chosen"] / "stage2"
+    assert (run / "stage2" / "log.csv").read_bytes() == (chosen / "log.csv").read_bytes()
+    model, *_ = load_run_model(run)
+    assert _same_weights(load_checkpoint(chosen / "checkpoint.pt")["model"], model.state_dict())
+    assert m["eval"]["val"]["top1"] == pytest.approx(scores[o["chosen"]])
+    # a rerun trains nothing and ends the same
+    written = {r: (run / "online_rules" / r / "stage2" / "checkpoint.pt").stat().st_mtime_ns for r in scores}
+    again = run_pipeline(tiny_web_data, run, cfg, resume=True, progress=False)
+    assert again["online_rule"] == o and again["eval"] == m["eval"]
+    assert written == {r: (run / "online_rules" / r / "stage2" / "checkpoint.pt").stat().st_mtime_ns for r in scores}
+    with pytest.raises(CaproError, match="method.keep_rules: 'strict' is not a keep rule"):
+        load_config(overrides=["method.keep_rules=[paper,strict]"])

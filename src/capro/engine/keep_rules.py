@@ -23,7 +23,7 @@ from capro.errors import ConfigError
 _PART = re.compile(r"^(?:th(?P<th>0(?:\.\d+)?|1(?:\.0+)?)|top(?P<top>[1-9]\d*))$")
 
 
-def parse_rule(rule: str) -> dict[str, float | int | None]:
+def parse_rule(rule: str, *, key: str = "clean.keep_rules") -> dict[str, float | int | None]:
     """``{"keep_th": float | None, "keep_top": int}`` of a rule name (see the module docstring)."""
     if rule == "paper":
         return {"keep_th": None, "keep_top": 0}
@@ -31,7 +31,7 @@ def parse_rule(rule: str) -> dict[str, float | int | None]:
     for part in rule.split("+"):
         m = _PART.match(part)
         if m is None:
-            raise ConfigError(f"clean.keep_rules: {rule!r} is not a keep rule; use paper, th<x> "
+            raise ConfigError(f"{key}: {rule!r} is not a keep rule; use paper, th<x> "
                               "(e.g. th0.3), top<k> (e.g. top1) or both joined by + (th0.3+top1)")
         if m["th"] is not None:
             out["keep_th"] = float(m["th"])

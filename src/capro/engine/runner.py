@@ -99,7 +99,8 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | N
         "train_file": file_digest(data_root / "train.jsonl"),
         "data": {k: v for k, v in d("data").items() if k not in ("workers", "check_images", "skip_bad", "cache", "cache_ram_mb",
                                                                     "cache_disk_gb")},
-        "model": d("model"), "method": d("method"),
+        # method.keep_rules (D21) acts from stage 2 on: it is in stage 2's fingerprint only
+        "model": d("model"), "method": {k: v for k, v in d("method").items() if k != "keep_rules"},
         # val_split as resolved (``auto`` with val.jsonl is ``val``, the fingerprint it had before
         # the key took ``auto``); a held-out split adds how it was drawn
         "train": {**{k: getattr(cfg.train, k) for k in ("momentum", "weight_decay", "amp", "max_steps_per_epoch",
@@ -113,7 +114,8 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | N
     fps["features"] = fingerprint({"up": fps["stage1"], "step": "features"})
     fps["anchors"] = fingerprint({"up": fps["features"], "text": d("text"), "graph": d("graph"),
                                   "match": d("match")})
-    fps["stage2"] = fingerprint({"up": fps["anchors"], "stage": d("stage2")})
+    rules = {"keep_rules": list(cfg.method.keep_rules)} if cfg.method.keep_rules else {}
+    fps["stage2"] = fingerprint({"up": fps["anchors"], "stage": d("stage2"), **rules})
     fps["stage3a"] = fingerprint({"up": fps["stage2"], "clean": d("clean")})
     fps["stage3b"] = fingerprint({"up": fps["stage3a"], "stage": d("stage3")})
     return fps
@@ -162,6 +164,7 @@ class _Pipeline:
         self._scorer: EpochScorer | None = None
         self.guard: dict[str, Any] | None = None
         self.keep_rule: dict[str, Any] | None = None
+        self.online_rule: dict[str, Any] | None = None
         self.encoded_superset: Split | None = None
         """The training rows before the held-out split was drawn, when their texts were encoded
         to draw it (D20): the text step takes its rows from there."""
@@ -350,12 +353,88 @@ def _clean_and_fine_tune(p: _Pipeline, model: CAPro, domain, text_distance) -> O
     return verdict
 
 
+def _branch(p: _Pipeline, rule: str, where: str, fps: dict[str, str]) -> _Pipeline:
+    """A pipeline for the steps ``fps`` names under ``RUN/<where>/<rule>/``, with ``rule`` as the
+    method's keep rule; it shares ``p``'s validation, scorer and evaluation sets."""
+    from capro.engine.keep_rules import rule_method
+
+    ctx = p.ctx
+    sub_cfg = dataclasses.replace(ctx.cfg, method=rule_method(ctx.cfg.method, rule))
+    sub = _Pipeline(dataclasses.replace(ctx, cfg=sub_cfg, run_dir=ctx.run_dir / where / rule), fps, p.validation)
+    sub._scorer, sub.eval_sets, sub.eval_split = p.scorer(), p.eval_sets, p.eval_split
+    if ctx.is_main:
+        sub.ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    return sub
+
+
+def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float | None:
+    """The validation score of the stage-2 weights the run goes on with: the best epoch's when the
+    run keeps it or cleans offline from it (D12), else that of ``model`` (what stage 2 handed on)."""
+    cfg = sub.ctx.cfg
+    info = sub.stages.get("stage2", {})
+    from_best = cfg.train.keep == "best" or (cfg.stage3.epochs > 0 and cfg.clean.stage2_checkpoint == "best")
+    if from_best and info.get("best_val") is not None:
+        return float(info["best_val"])
+    return scorer(model)[scorer.column]
+
+
+def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
+    """D21: stage 2 once per ``method.keep_rules`` entry, each in ``RUN/online_rules/<rule>/`` and
+    from the stage-1 weights ``model`` holds now, with the same anchors; the rule whose stage-2
+    model scores best on the selecting split (:func:`_stage2_score`) is published as
+    ``RUN/stage2`` and left in ``model``. Without a selecting split only the first rule trains.
+    Every rule's score and online-cleaning counts go to ``p.online_rule`` (``metrics.json``:
+    ``online_rule``)."""
+    from capro.engine.keep_rules import choose
+
+    ctx, cfg = p.ctx, p.ctx.cfg
+    scorer = p.scorer()
+    rules = list(cfg.method.keep_rules)
+    if scorer is None or scorer.column is None:
+        if len(rules) > 1 and ctx.is_main:
+            warnings.warn(f"method.keep_rules: no validation split is scored, so stage 2 trains with "
+                          f"the first rule only ({rules[0]})", stacklevel=2)
+        rules = rules[:1]
+    start = copy.deepcopy(model.state_dict())
+    dataset = ctx.train_dataset(domain=domain)
+    runs: dict[str, tuple[_Pipeline, CleaningState]] = {}
+    scores: dict[str, float | None] = {}
+    for rule in rules:
+        model.load_state_dict(start)
+        sub = _branch(p, rule, "online_rules", {"stage2": fingerprint({"up": p.fps["stage2"], "rule": rule})})
+        runs[rule] = (sub, sub.train("stage2", cfg.stage2, model, domain=domain, dataset=dataset))
+        score = _stage2_score(sub, model, scorer) if scorer is not None and scorer.column is not None else None
+        scores[rule] = broadcast_object(score)
+    chosen = choose(scores)
+    sub, cleaning = runs[chosen]
+    load_weights(model, load_checkpoint(sub.dir("stage2") / "checkpoint.pt")["model"])
+    model.to(ctx.dist.device)
+    if ctx.is_main:
+        _publish(sub.dir("stage2"), p.dir("stage2"))
+        log_progress("online keep rule: " + ", ".join(
+            f"{r} {'n/a' if v is None else f'{v:.4f}'}" for r, v in scores.items()) + f" on "
+            f"{scorer.select if scorer is not None else 'no split'}; kept {chosen}")
+    barrier()
+    p.stages["stage2"] = sub.stages["stage2"]
+
+    def counts(state: CleaningState) -> dict[str, int]:
+        clean, relabeled = state.clean.numpy(), state.relabeled.numpy()
+        return {"kept": int((clean & ~relabeled).sum()), "relabeled": int(relabeled.sum()),
+                "removed": int((~clean).sum())}
+
+    p.online_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
+                     "rules": {r: {"score": scores[r], "best_epoch": runs[r][0].stages["stage2"].get("best_epoch"),
+                               **counts(runs[r][1])} for r in scores}}
+    return cleaning
+
+
 def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> OfflineCleaning:
     """D19: stage 3a and 3b once per ``clean.keep_rules`` entry, each in ``RUN/keep_rules/<rule>/``
     and from the stage-2 weights ``model`` holds now; the rule whose fine-tuned model scores best on
     the selecting split is published as ``RUN/stage3a`` and ``RUN/stage3b`` and left in ``model``.
     Every rule's counts and score go to ``p.keep_rule`` (``metrics.json``: ``keep_rule``)."""
-    from capro.engine.keep_rules import choose, rule_method
+    from capro.engine.keep_rules import choose
 
     ctx, cfg = p.ctx, p.ctx.cfg
     start = copy.deepcopy(model.state_dict())
@@ -364,16 +443,9 @@ def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> Offl
     scores: dict[str, float | None] = {}
     for rule in cfg.clean.keep_rules:
         model.load_state_dict(start)
-        sub_cfg = dataclasses.replace(cfg, method=rule_method(cfg.method, rule))
-        sub_ctx = dataclasses.replace(ctx, cfg=sub_cfg, run_dir=ctx.run_dir / "keep_rules" / rule)
         fp3a = fingerprint({"up": p.fps["stage2"], "clean": dataclasses.asdict(cfg.clean), "rule": rule})
-        sub = _Pipeline(sub_ctx, {"stage3a": fp3a,
-                                  "stage3b": fingerprint({"up": fp3a, "stage": dataclasses.asdict(cfg.stage3)})},
-                        p.validation)
-        sub._scorer, sub.eval_sets, sub.eval_split = scorer, p.eval_sets, p.eval_split
-        if ctx.is_main:
-            sub_ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        barrier()
+        sub = _branch(p, rule, "keep_rules", {
+            "stage3a": fp3a, "stage3b": fingerprint({"up": fp3a, "stage": dataclasses.asdict(cfg.stage3)})})
         runs[rule] = (sub, _clean_and_fine_tune(sub, model, domain, text_distance))
         score = scorer(model)[scorer.column] if scorer is not None and scorer.column is not None else None
         scores[rule] = broadcast_object(score)
@@ -554,9 +626,10 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                       "multi-label run trains without it (set stage3.mixup=false to silence this)",
                       stacklevel=2)
         cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, mixup=False))
-    if multi and cfg.clean.keep_rules:
-        warnings.warn("clean.keep_rules chooses among single-label keep rules; this multi-label run "
-                      "cleans offline with its method's rule only", stacklevel=2)
+    for key, rules in (("clean.keep_rules", cfg.clean.keep_rules), ("method.keep_rules", cfg.method.keep_rules)):
+        if multi and rules:
+            warnings.warn(f"{key} chooses among single-label keep rules; this multi-label run "
+                          "cleans with its method's rule only", stacklevel=2)
     if info.is_main and queue_too_big(cfg.model.queue, len(train.records)):
         warnings.warn(f"model.queue={cfg.model.queue} holds more than half of the "
                       f"{len(train.records)} training images: the instance loss then often finds an "
@@ -589,8 +662,11 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
     if cfg.stage2.epochs > 0:
         if cfg.method.prototypes == "anchors":
             domain, text_distance = _anchors(p, model)
-        cleaning = p.train("stage2", cfg.stage2, model, domain=domain,
-                           dataset=ctx.train_dataset(domain=domain))
+        if cfg.method.keep_rules and not multi:
+            cleaning = _choose_online_rule(p, model, domain)
+        else:
+            cleaning = p.train("stage2", cfg.stage2, model, domain=domain,
+                               dataset=ctx.train_dataset(domain=domain))
         final_stage = "stage2"
         if cfg.stage3.epochs > 0:
             if cfg.clean.stage2_checkpoint == "best":
@@ -623,6 +699,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
             metrics["fine_tune_guard"] = p.guard
         if p.keep_rule is not None:
             metrics["keep_rule"] = p.keep_rule
+        if p.online_rule is not None:
+            metrics["online_rule"] = p.online_rule
         final = flagged = removed = None
         if verdict is not None:
             final, removed, flagged = verdict.target, ~verdict.clean, verdict.relabeled
