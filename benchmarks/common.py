@@ -51,7 +51,7 @@ RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "capro-ft-s2best", "cap
 that reuse its finished steps."""
 
 SHARED_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "capro-ft": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
+    "capro-ft": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2", "online_rules")),
     "capro-ft-s2best": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
     "capro-ft-s2last": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
     "capro-distance": ("capro", ("text", "stage1", "features", "graph", "match")),

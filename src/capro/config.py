@@ -158,6 +158,11 @@ class ModelConfig:
     """Optional path to backbone weights (a state dict) to start stage 1 from."""
 
 
+ONLINE_KEEP_RULES = ("paper", "top1")
+"""D21's default candidates: the paper's lenient rule and keeping a label only when it is the
+best-scored class (right where the noise is mostly look-alike classes)."""
+
+
 @dataclass
 class MethodConfig:
     alpha: float = 0.5
@@ -175,11 +180,11 @@ class MethodConfig:
     keep_top: int = 0
     """When > 0, single-label cleaning also requires the label to be among the ``keep_top``
     best-scored classes to keep it (1: the scores must agree with the label); 0 = off, the paper."""
-    keep_rules: list[str] = field(default_factory=list)
+    keep_rules: list[str] = field(default_factory=lambda: list(ONLINE_KEEP_RULES))
     """Online keep rules to try (D21, single-label): stage 2 is trained once per rule from the
     same stage-1 weights and anchors, and the one whose stage-2 model scores best on the
-    validation split goes on (e.g. ``[paper, top1]``; :mod:`capro.engine.keep_rules`). Each rule
-    costs one stage 2. Empty: the ``keep_th`` / ``keep_top`` rule only."""
+    validation split goes on (:mod:`capro.engine.keep_rules`). Each rule costs one stage 2.
+    ``[]``: the ``keep_th`` / ``keep_top`` rule only (the paper: s[y] >= 1/C), one stage 2."""
     protect_anchors: bool = True
     prototypes: str = "anchors"
     """How prototypes start: ``anchors`` (CAPro) or ``all`` (MoPro: zero-initialised, updated from
@@ -329,7 +334,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "graph": {"k": 40, "keep": 10, "self_weight": 0.0},
         "match": {"score": "distance", "min_margin": None},
         "model": {"queue": 2048},
-        "method": {"pseudo_th": 0.9, "multi_label": True},
+        "method": {"pseudo_th": 0.9, "multi_label": True, "keep_rules": []},
         "clean": {"protect_anchors": True},
         "stage1": {"epochs": 100, "lr": 2e-3, "warmup_epochs": 10},
         "stage2": {"epochs": 100, "lr": 2e-3, "warmup_epochs": 10, "frozen_encoder_epoch": 10,
@@ -360,6 +365,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "graph": {"backend": "torch", "k": 10, "keep": 5, "k1": 10, "k2": 3},
         "match": {"topk": 10},
         "model": {"backbone": "simple_cnn", "low_dim": 32, "queue": 256},
+        # one stage 2 (the paper's keep rule): the tests of D21's branches name the key
+        "method": {"keep_rules": []},
         "train": {"log_every": 5, "eval_batch_size": 128},
         "stage1": {"epochs": 2, "lr": 0.05, "warmup_epochs": 0, "batch_size": 32},
         "stage2": {"epochs": 3, "lr": 0.05, "warmup_epochs": 0, "batch_size": 32,

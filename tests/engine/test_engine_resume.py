@@ -1,5 +1,6 @@
 """Killing a run with SIGKILL during stage 2 and resuming gives the uninterrupted run's result."""
 
+import json
 import os
 import signal
 import subprocess
@@ -30,3 +31,29 @@ def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_run, tiny_
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) < (3, 0)
 
     assert_resume_matches(cmd, run, ref_run, ref)
+
+
+def test_sigkill_in_the_second_online_rule_then_resume_matches_uninterrupted(tiny_web_data, tmp_path):
+    """D21: stage 2 trained once per rule; a kill inside the second rule's stage 2 resumes there."""
+    from capro.config import load_config
+    from capro.engine.runner import run_pipeline
+
+    rules = ["method.keep_rules=[paper,top1]", "stage3.epochs=0"]
+    ref_run = tmp_path / "ref"
+    ref = run_pipeline(tiny_web_data, ref_run, load_config(preset="tiny", overrides=[*TINY_RUN_OVERRIDES, *rules]),
+                       progress=False)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "capro", "run", str(tiny_web_data), *TINY_RUN_OVERRIDES, *rules,
+           "train.checkpoint_every_steps=4", "--preset", "tiny", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = run / "online_rules" / "top1" / "stage2" / "last.pt"
+    deadline = time.monotonic() + 600
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run / "online_rules" / "paper" / "stage2" / "done.json").exists()
+    assert not (run / "online_rules" / "top1" / "stage2" / "done.json").exists()
+    assert_resume_matches(cmd, run, ref_run, ref)
+    assert json.loads((run / "metrics.json").read_text())["online_rule"] == ref["online_rule"]

@@ -200,7 +200,7 @@ def test_online_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
     from capro.utils.io import read_json
 
     base = ["model.backbone=simple_cnn", "stage3.epochs=0"]
-    plain = run_pipeline(tiny_web_data, tmp_path / "plain", load_config(preset="tiny", overrides=base),
+    plain = run_pipeline(tiny_web_data, tmp_path / "plain", load_config(preset="tiny", overrides=[*base, "method.keep_rules=[]"]),
                          progress=False)
     run = tmp_path / "run"
     cfg = load_config(preset="tiny", overrides=[*base, "method.keep_rules=[paper,top1]"])

@@ -213,3 +213,16 @@ def test_class_table_counts_every_label_of_multilabel_rows():
     assert (table["sky"]["relabeled_in"], table["sky"]["anchors"]) == (1, 1)
     assert (table["dog"]["web"], table["dog"]["kept"], table["dog"]["relabeled"], table["dog"]["final"]) == (2, 1, 1, 1)
     assert table["cat"]["web"] == 0 and "noise_web" not in table["cat"]  # no truth columns for multi-label
+
+
+def test_choices_table_names_every_candidate_and_the_kept_one():
+    from capro.report.html import choices_table
+
+    assert choices_table({}) == ""
+    html = choices_table({
+        "online_rule": {"chosen": "top1", "split": "val",
+                        "rules": {"paper": {"score": 0.804}, "top1": {"score": 0.826}}},
+        "fine_tune_guard": {"split": "val", "stage3b": 0.82, "stage2": 0.826, "kept": "stage2"}})
+    assert "online keep rule (stage 2)" in html and "paper 80.4%, top1 82.6%" in html
+    assert "<td class=\"l\">top1</td>" in html and "stage3b 82.0%, stage2 82.6%" in html
+    assert "offline keep rule" not in html

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from capro.config import Config, save_config, to_dict
+from capro.config import ONLINE_KEEP_RULES, Config, save_config, to_dict
 from capro.data.layout import ClassInfo, Split, available_splits, read_classes
 from capro.data.validate import load_split_for_run, read_truth
 from capro.engine.artefacts import write_run_artefacts
@@ -392,7 +392,7 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     scorer = p.scorer()
     rules = list(cfg.method.keep_rules)
     if scorer is None or scorer.column is None:
-        if len(rules) > 1 and ctx.is_main:
+        if len(rules) > 1 and ctx.is_main and rules != list(ONLINE_KEEP_RULES):
             warnings.warn(f"method.keep_rules: no validation split is scored, so stage 2 trains with "
                           f"the first rule only ({rules[0]})", stacklevel=2)
         rules = rules[:1]
@@ -626,7 +626,9 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                       "multi-label run trains without it (set stage3.mixup=false to silence this)",
                       stacklevel=2)
         cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, mixup=False))
-    for key, rules in (("clean.keep_rules", cfg.clean.keep_rules), ("method.keep_rules", cfg.method.keep_rules)):
+    chosen_online = list(cfg.method.keep_rules) != list(ONLINE_KEEP_RULES)  # the default needs no word
+    for key, rules in (("clean.keep_rules", cfg.clean.keep_rules),
+                       ("method.keep_rules", cfg.method.keep_rules if chosen_online else [])):
         if multi and rules:
             warnings.warn(f"{key} chooses among single-label keep rules; this multi-label run "
                           "cleans with its method's rule only", stacklevel=2)

@@ -250,6 +250,27 @@ def class_table(names: list[str], verdicts: list[dict], anchors: list[dict] | No
     return rows
 
 
+def choices_table(m: dict) -> str:
+    """HTML: what the run chose on its validation split (D21 online keep rule, D19 offline keep
+    rule, D18 fine-tune guard) with every candidate's score; "" when it chose nothing."""
+    rows = []
+    for key, what in (("online_rule", "online keep rule (stage 2)"), ("keep_rule", "offline keep rule (stage 3)")):
+        c = m.get(key) or {}
+        if c.get("rules"):
+            scores = ", ".join(f"{_e(r)} {_pct(x.get('score'))}" for r, x in c["rules"].items())
+            rows.append((what, _e(c.get("chosen")), scores, _e(c.get("split"))))
+    g = m.get("fine_tune_guard") or {}
+    if g:
+        rows.append(("fine-tune guard", _e(g.get("kept")),
+                     f"stage3b {_pct(g.get('stage3b'))}, stage2 {_pct(g.get('stage2'))}", _e(g.get("split"))))
+    if not rows:
+        return ""
+    body = "".join(f'<tr><td class="l">{a}</td><td class="l">{b}</td><td class="l">{c}</td><td>{d}</td></tr>'
+                   for a, b, c, d in rows)
+    return ('<h3>Chosen on validation</h3><table><tr><th class="l">choice</th><th class="l">kept</th>'
+            f'<th class="l">scores</th><th>split</th></tr>{body}</table>')
+
+
 def _summary(v: RunView) -> str:
     m = v.metrics
     out = ['<div class="cards">']
@@ -288,6 +309,7 @@ def _summary(v: RunView) -> str:
             sec = info.get("seconds") if isinstance(info, dict) else None
             out.append(f'<tr><td class="l">{_e(name)}</td><td>{"—" if sec is None else f"{sec:.1f}"}</td></tr>')
         out.append("</table>")
+    out.append(choices_table(m))
     if m:
         out.append(f"<details><summary>metrics.json</summary><pre>{_text(json.dumps(m, indent=2))}</pre></details>")
     if v.verdicts is not None:
