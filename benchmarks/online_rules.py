@@ -29,6 +29,7 @@ from common import (  # noqa: E402
     read_curves,
     row_metrics,
     row_overrides,
+    update_markdown,
 )
 from quality import DEFAULT_WORK, ensure_data, log  # noqa: E402
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", nargs="+", default=["web", "hard"], choices=["web", "hard", "uneven"])
     p.add_argument("--seed", nargs="+", type=int, default=[100, 101])
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    p.add_argument("--markdown", action="store_true", help="write the table into BENCHMARKS.md (online-rules)")
     args = p.parse_args(argv)
     if set(args.seed) & {0, 1, 2}:
         p.error("seeds 0-2 are the table's; choose defaults on other seeds")
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [read_json(f) for f in sorted(OUT.glob("*.json"))]
     if rows:
         print(table(rows))
+        if args.markdown:
+            update_markdown("online-rules", table(rows))
     return 0
 
 
