@@ -43,9 +43,12 @@ def _without_val(data: Path) -> Path:
 
 
 VARIANTS = {"with_val": [], "without_val_text": ["train.holdout_from=text"],
-            "without_val_any": ["train.holdout_from=any"]}
+            "without_val_any": ["train.holdout_from=any"],
+            "without_val_any5": ["train.holdout_from=any", "train.holdout=0.05"]}
 """Run variants: with ``val.jsonl``; without it, the held-out rows drawn from text-verified rows
-(D20, opt-in) or from any row (the default; the results recorded as ``without_val`` used it)."""
+(D20, opt-in) or from any row (the default; the results recorded as ``without_val`` used it), 10 %
+of the rows or 5 % (``without_val_any5``). A run without ``val.jsonl`` is also scored on it once
+it has finished (``val_top1_after``: it never saw the split), so that validation seeds can choose."""
 
 
 def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = None) -> dict:
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{key}: running")
                 root = data if variant == "with_val" else _without_val(data)
                 res = run_variant(root, data.parent / f"noval-{variant}", seed, VARIANTS[variant])
+                if variant != "with_val":
+                    from capro.engine.predict import evaluate_run
+
+                    res["val_top1_after"] = evaluate_run(data.parent / f"noval-{variant}", data=data,
+                                                         split="val")["top1"]
                 out = read_json(OUT) if OUT.is_file() else {}  # another process may have added rows
                 out[key] = {**res, "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 write_json(OUT, out)
