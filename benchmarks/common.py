@@ -52,8 +52,8 @@ that reuse its finished steps."""
 
 SHARED_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "capro-ft": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2", "online_rules")),
-    "capro-ft-s2best": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
-    "capro-ft-s2last": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
+    "capro-ft-s2best": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2", "online_rules")),
+    "capro-ft-s2last": ("capro", ("text", "stage1", "features", "graph", "match", "anchors", "stage2", "online_rules")),
     "capro-distance": ("capro", ("text", "stage1", "features", "graph", "match")),
     "capro-ft-distance": ("capro-distance",
                           ("text", "stage1", "features", "graph", "match", "anchors", "stage2")),
@@ -182,7 +182,8 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
         "cleanlab": ce,
         "oracle": ce,
         "vanilla": _one_stage(size),
-        "mopro": [*_two_stage(size), "method.prototypes=all"],
+        # MoPro as published: one stage 2 under its keep rule (no D21)
+        "mopro": [*_two_stage(size), "method.prototypes=all", "method.keep_rules=[]"],
         "capro-random-anchors": [*_two_stage(size), "match.anchors=random"],
         "capro-no-enhance": [*_two_stage(size), "graph.enhance=false"],
         "capro": _two_stage(size),
