@@ -13,19 +13,24 @@ from _launch import assert_resume_matches
 TINY_RUN_OVERRIDES = ["model.backbone=simple_cnn"]  # as the tiny_run fixture
 
 
-def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_run, tiny_web_data, tmp_path):
-    ref_run, ref = tiny_run
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "capro", "run", str(tiny_web_data), *TINY_RUN_OVERRIDES,
-           "train.checkpoint_every_steps=4", "--preset", "tiny", "--out", str(run)]
+def _kill_once_written(cmd: list[str], ckpt) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``ckpt`` exists."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = run / "stage2" / "last.pt"
     deadline = time.monotonic() + 600
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ckpt.exists(), proc.stderr.read().decode()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_run, tiny_web_data, tmp_path):
+    ref_run, ref = tiny_run
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "capro", "run", str(tiny_web_data), *TINY_RUN_OVERRIDES,
+           "train.checkpoint_every_steps=4", "--preset", "tiny", "--out", str(run)]
+    ckpt = run / "stage2" / "last.pt"
+    _kill_once_written(cmd, ckpt)
     assert not (run / "stage2" / "done.json").exists()  # killed inside stage 2
     killed_at = torch.load(ckpt, weights_only=True)
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) < (3, 0)
@@ -45,14 +50,7 @@ def test_sigkill_in_the_second_online_rule_then_resume_matches_uninterrupted(tin
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "capro", "run", str(tiny_web_data), *TINY_RUN_OVERRIDES, *rules,
            "train.checkpoint_every_steps=4", "--preset", "tiny", "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = run / "online_rules" / "top1" / "stage2" / "last.pt"
-    deadline = time.monotonic() + 600
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ckpt.exists(), proc.stderr.read().decode()[-2000:]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_once_written(cmd, run / "online_rules" / "top1" / "stage2" / "last.pt")
     assert (run / "online_rules" / "paper" / "stage2" / "done.json").exists()
     assert not (run / "online_rules" / "top1" / "stage2" / "done.json").exists()
     assert_resume_matches(cmd, run, ref_run, ref)

@@ -368,6 +368,23 @@ def _branch(p: _Pipeline, rule: str, where: str, fps: dict[str, str]) -> _Pipeli
     return sub
 
 
+def _go_on_with(p: _Pipeline, sub: _Pipeline, stages: tuple[str, ...], model: CAPro,
+                scores: dict[str, float | None], chosen: str, what: str) -> None:
+    """Put the chosen branch ``sub``'s last stage into ``model`` on every rank, publish its
+    ``stages`` as the run's own (rank 0) and log every candidate's score."""
+    load_weights(model, load_checkpoint(sub.dir(stages[-1]) / "checkpoint.pt")["model"])
+    model.to(p.ctx.dist.device)
+    if p.ctx.is_main:
+        for stage in stages:
+            _publish(sub.dir(stage), p.dir(stage))
+        scorer = p.scorer()
+        log_progress(f"{what}: " + ", ".join(
+            f"{r} {'n/a' if v is None else f'{v:.4f}'}" for r, v in scores.items()) + f" on "
+            f"{scorer.select if scorer is not None else 'no split'}; kept {chosen}")
+    barrier()
+    p.stages.update({stage: sub.stages[stage] for stage in stages})
+
+
 def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float | None:
     """The validation score of the stage-2 weights the run goes on with: the best epoch's when the
     run keeps it or cleans offline from it (D12), else that of ``model`` (what stage 2 handed on)."""
@@ -408,15 +425,7 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
         scores[rule] = broadcast_object(score)
     chosen = choose(scores)
     sub, cleaning = runs[chosen]
-    load_weights(model, load_checkpoint(sub.dir("stage2") / "checkpoint.pt")["model"])
-    model.to(ctx.dist.device)
-    if ctx.is_main:
-        _publish(sub.dir("stage2"), p.dir("stage2"))
-        log_progress("online keep rule: " + ", ".join(
-            f"{r} {'n/a' if v is None else f'{v:.4f}'}" for r, v in scores.items()) + f" on "
-            f"{scorer.select if scorer is not None else 'no split'}; kept {chosen}")
-    barrier()
-    p.stages["stage2"] = sub.stages["stage2"]
+    _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule")
 
     def counts(state: CleaningState) -> dict[str, int]:
         clean, relabeled = state.clean.numpy(), state.relabeled.numpy()
@@ -436,7 +445,7 @@ def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> Offl
     Every rule's counts and score go to ``p.keep_rule`` (``metrics.json``: ``keep_rule``)."""
     from capro.engine.keep_rules import choose
 
-    ctx, cfg = p.ctx, p.ctx.cfg
+    cfg = p.ctx.cfg
     start = copy.deepcopy(model.state_dict())
     scorer = p.scorer()
     runs: dict[str, tuple[_Pipeline, OfflineCleaning]] = {}
@@ -451,16 +460,7 @@ def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> Offl
         scores[rule] = broadcast_object(score)
     chosen = choose(scores)
     sub, verdict = runs[chosen]
-    load_weights(model, load_checkpoint(sub.dir("stage3b") / "checkpoint.pt")["model"])
-    model.to(ctx.dist.device)
-    if ctx.is_main:
-        for stage in ("stage3a", "stage3b"):
-            _publish(sub.dir(stage), p.dir(stage))
-        log_progress("keep rule: " + ", ".join(
-            f"{r} {'n/a' if v is None else f'{v:.4f}'}" for r, v in scores.items()) + f" on "
-            f"{scorer.select if scorer is not None else 'no split'}; kept {chosen}")
-    barrier()
-    p.stages.update({"stage3a": sub.stages["stage3a"], "stage3b": sub.stages["stage3b"]})
+    _go_on_with(p, sub, ("stage3a", "stage3b"), model, scores, chosen, "keep rule")
     p.keep_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
                    "rules": {r: {"score": scores[r], **runs[r][1].counts()} for r in scores}}
     return verdict
