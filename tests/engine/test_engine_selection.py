@@ -213,6 +213,8 @@ def test_online_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
         done = read_json(run / "online_rules" / rule / "stage2" / "done.json")
         assert scores[rule] == pytest.approx(done["best_val"])
         assert o["rules"][rule]["kept"] + o["rules"][rule]["relabeled"] + o["rules"][rule]["removed"] == m["n_train"]
+        assert o["rules"][rule]["seconds"] == pytest.approx(done["seconds"])
+    assert m["stages"]["stage2"]["seconds"] == pytest.approx(sum(v["seconds"] for v in o["rules"].values()), abs=1e-3)
     # the paper's branch is the run without the key: same seed, same weights, same score
     paper = load_checkpoint(run / "online_rules" / "paper" / "stage2" / "checkpoint.pt")["model"]
     assert _same_weights(paper, load_checkpoint(tmp_path / "plain" / "stage2" / "checkpoint.pt")["model"])

@@ -432,9 +432,11 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
         return {"kept": int((clean & ~relabeled).sum()), "relabeled": int(relabeled.sum()),
                 "removed": int((~clean).sum())}
 
+    seconds = {r: float(runs[r][0].stages["stage2"].get("seconds", 0.0)) for r in scores}
+    p.stages["stage2"] = {**p.stages["stage2"], "seconds": round(sum(seconds.values()), 3)}  # every branch's
     p.online_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
                      "rules": {r: {"score": scores[r], "best_epoch": runs[r][0].stages["stage2"].get("best_epoch"),
-                               **counts(runs[r][1])} for r in scores}}
+                               "seconds": seconds[r], **counts(runs[r][1])} for r in scores}}
     return cleaning
 
 
