@@ -16,6 +16,7 @@ same size as the 1-vs-2-process gap. So the run is kept to 6 steps (2 per epoch)
 amplification is still ~1e-7, with a 96-key queue so that it wraps (global batch 32) within them.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +29,9 @@ LAUNCHER = os.path.join(os.path.dirname(__file__), "_launch.py")
 
 def test_two_gloo_processes_match_one(tiny_web_data, tmp_path):
     env = {**os.environ, "CAPRO_TEST_GN": "1", "CAPRO_TEST_AT": ""}  # the GroupNorm backbone
-    args = ["run", str(tiny_web_data), *GN_OVERRIDES, "--preset", "tiny"]
+    # stage 2 once per online keep rule (D21): the branches, their scores and the publishing of the
+    # chosen one go through the same collectives on every rank
+    args = ["run", str(tiny_web_data), *GN_OVERRIDES, "method.keep_rules=[paper,top1]", "--preset", "tiny"]
     one = subprocess.run([sys.executable, LAUNCHER, *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -47,3 +50,8 @@ def test_two_gloo_processes_match_one(tiny_web_data, tmp_path):
     moved = (a["classifier.weight"] - s1["classifier.weight"]).abs().max()
     assert moved > 1e-2  # stage 2 trained, so the agreement above is not vacuous
     assert not torch.equal(a["queue"], s1["queue"]) and torch.allclose(a["queue"], b["queue"], atol=1e-4)
+    rules = [json.loads((tmp_path / run / "metrics.json").read_text())["online_rule"] for run in ("one", "two")]
+    assert rules[0]["chosen"] == rules[1]["chosen"] and list(rules[1]["rules"]) == ["paper", "top1"]
+    for r in ("paper", "top1"):
+        assert abs(rules[0]["rules"][r]["score"] - rules[1]["rules"][r]["score"]) < 1e-9
+        assert (tmp_path / "two" / "online_rules" / r / "stage2" / "done.json").is_file()
