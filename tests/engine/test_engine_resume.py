@@ -54,4 +54,7 @@ def test_sigkill_in_the_second_online_rule_then_resume_matches_uninterrupted(tin
     assert (run / "online_rules" / "paper" / "stage2" / "done.json").exists()
     assert not (run / "online_rules" / "top1" / "stage2" / "done.json").exists()
     assert_resume_matches(cmd, run, ref_run, ref)
-    assert json.loads((run / "metrics.json").read_text())["online_rule"] == ref["online_rule"]
+    def choice(o: dict) -> dict:  # what was chosen and why, not how long each branch took
+        return {**o, "rules": {r: {k: v for k, v in x.items() if k != "seconds"} for r, x in o["rules"].items()}}
+
+    assert choice(json.loads((run / "metrics.json").read_text())["online_rule"]) == choice(ref["online_rule"])
