@@ -19,10 +19,11 @@ cleaning from its third."""
 
 # Simulated data and config of each demo size. The full single-label demo is the quality
 # benchmark's ``long`` size (2,000 images, 16 px, the small CNN, 10 + 110 + 2 epochs): with
-# ``--baseline`` 4 minutes of wall time on two CPU cores (measured on a fresh clone, 2026-12-05,
-# README); CAPro alone about 2.5. The multi-label and open-set
-# scenarios keep the cpu preset's short schedule on 10,000 images at 32 px (mosaics need the
-# pixels), about 12 minutes; --quick about 2.
+# ``--baseline`` about 6 minutes of wall time on two CPU cores (measured on a fresh clone,
+# 2026-12-05, README); CAPro alone about 4.5 (stage 2 trains under both keep rules, D21). The
+# multi-label and open-set scenarios keep the cpu preset's short schedule on 10,000 images at
+# 32 px (mosaics need the pixels), about 12 minutes before D21 (the open-set one now trains its
+# stage 2 twice; not re-timed); --quick under 1.
 DEMOS = {
     "full": {"data": {"train_size": 2000, "val_size": 500, "test_size": 1000, "image_size": 16},
              "preset": "cpu",
@@ -50,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Simulate a noisy web dataset from Fashion-MNIST (DIR/data), run every CAPro "
                     "step on it (DIR/run), evaluate, and print stage-1 vs final accuracy, the "
                     "cleaning counts and the anchor precision. It trains 120 epochs, long enough "
-                    "for plain training to fit the wrong labels (--baseline shows it). About 2.5 "
-                    "minutes on two CPU cores, 4 with --baseline; --quick under 1.")
+                    "for plain training to fit the wrong labels (--baseline shows it). About 4.5 "
+                    "minutes on two CPU cores, 6 with --baseline; --quick under 1.")
     p.add_argument("--out", metavar="DIR",
                    help="output directory (default capro-demo, capro-demo-multilabel or capro-demo-open-set)")
     p.add_argument("--quick", action="store_true", help="a smaller dataset and a few epochs (under a minute)")
