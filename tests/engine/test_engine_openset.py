@@ -140,3 +140,19 @@ def test_evaluate_open_set_without_the_manifest_names_the_file(tiny_run, capsys)
     code = main(["evaluate", str(tiny_run[0]), "--open-set", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code != 0 and "openset_test.jsonl" in err and len(err.strip().splitlines()) == 1
+
+
+def test_open_set_warns_when_stage_2_kept_a_stricter_rule(tmp_path: Path):
+    import warnings
+
+    from capro.engine.predict import warn_strict_rule_for_open_set
+    from capro.utils.io import write_json
+
+    assert not warn_strict_rule_for_open_set(tmp_path)  # no metrics.json: nothing to say
+    write_json(tmp_path / "metrics.json", {"online_rule": {"chosen": "paper", "rules": {}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_strict_rule_for_open_set(tmp_path)
+    write_json(tmp_path / "metrics.json", {"online_rule": {"chosen": "top1", "rules": {}}})
+    with pytest.warns(UserWarning, match=r"'top1' keep rule .* retrain with method.keep_rules=\[\]"):
+        assert warn_strict_rule_for_open_set(tmp_path)

@@ -49,6 +49,8 @@ def predict_images(run_dir: str | os.PathLike, images: list[str | os.PathLike], 
     model, classes, cfg, multi = load_run_model(run_dir, dev)
     if open_set and threshold is None and not multi:
         threshold = cfg.openset.threshold
+    if open_set and not multi:
+        warn_strict_rule_for_open_set(run_dir)
     tf = eval_transform(size=cfg.data.image_size, channels=cfg.data.channels)
     paths = [Path(p) for p in images]
     k = max(1, min(topk, len(classes)))
@@ -109,6 +111,7 @@ def evaluate_openset_run(run_dir: str | os.PathLike, *, data: str | os.PathLike 
     if multi:
         raise UsageError(f"{run_dir}: a multi-label run; open-set evaluation needs a single-label run")
     _check_classes(root, classes)
+    warn_strict_rule_for_open_set(run_dir)
     out = {"data": str(root), **evaluate_openset(
         model, root, classes, size=cfg.data.image_size, channels=cfg.data.channels, device=dev,
         batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers,
@@ -117,6 +120,25 @@ def evaluate_openset_run(run_dir: str | os.PathLike, *, data: str | os.PathLike 
     metrics = read_json(path) if path.is_file() else {}
     write_json(path, {**metrics, "openset": {k: v for k, v in out.items() if k != "data"}})
     return out
+
+
+def warn_strict_rule_for_open_set(run_dir: str | os.PathLike) -> bool:
+    """Warn (and return True) when the run's stage 2 kept a stricter keep rule than the paper's
+    (D21, ``metrics.json`` → ``online_rule``): on the open-set demo (2026-12-05) such a model
+    ranked unknown images above known ones (PR-AUC 0.009 against 0.41 for the paper's rule)."""
+    import warnings
+
+    from capro.utils.io import read_json
+
+    path = Path(run_dir) / "metrics.json"
+    chosen = ((read_json(path) if path.is_file() else {}).get("online_rule") or {}).get("chosen")
+    if chosen in (None, "paper"):
+        return False
+    warnings.warn(f"{run_dir}: stage 2 kept the {chosen!r} keep rule (method.keep_rules, D21); with it "
+                  "the open-set demo ranked unknown images above known ones (PR-AUC 0.009 against 0.41 "
+                  "with the paper's rule): for open-set rejection retrain with method.keep_rules=[]",
+                  stacklevel=2)
+    return True
 
 
 def _check_classes(root: Path, classes) -> None:
