@@ -347,6 +347,11 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal; "–" for None."""
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
 def fmt(stat: dict[str, Any], *, scale: float = 100.0, digits: int = 1) -> str:
     """``mean ± std`` (scaled, e.g. to %), ``mean`` alone for one value, ``–`` for none."""
     if stat.get("mean") is None:

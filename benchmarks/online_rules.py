@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     SIZES,
     best_validation,
     machine_info,
+    pct,
     read_curves,
     row_metrics,
     row_overrides,
@@ -70,10 +71,6 @@ def table(rows: list[dict[str, Any]]) -> str:
              "test: paper best / top1 best / run (recorded, not used) |", "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["profile"], r["seed"])):
         p, t = r["rules"]["paper"], r["rules"]["top1"]
-
-        def pct(v: float | None) -> str:
-            return "–" if v is None else f"{100 * v:.1f}"
-
         lines.append(f"| {r['profile']} {r['seed']} | {pct(p['val_best'])} / {pct(p['val_last'])} | "
                      f"{pct(t['val_best'])} / {pct(t['val_last'])} | {r['online_rule']['chosen']} | "
                      f"{pct(r['val']['top1'])} | {pct(p['test_at_best'])} / {pct(t['test_at_best'])} / "

@@ -27,6 +27,7 @@ from common import (  # noqa: E402
     RESULTS,
     SIZES,
     machine_info,
+    pct,
     row_metrics,
     row_overrides,
     update_markdown,
@@ -92,10 +93,6 @@ def run_variant(name: str, profile: str, seed: int, work: Path) -> dict[str, Any
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
 def variants_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: validation top-1 per variant (columns: profile and seed; noise P / R and noisy rows
     fitted per run), then per profile the mean change against ``default`` over the seeds where
@@ -112,9 +109,9 @@ def variants_table(rows: list[dict[str, Any]]) -> str:
         for p, s in cols:
             r = by.get((v, p, s))
             cells.append("–" if r is None else
-                         f"{_pct(r['val']['top1'])} (s2 {_pct(r['val_stage_last']['stage2'])}; "
-                         f"P {_pct(r['val']['noise_precision'])} / R {_pct(r['val']['noise_recall'])}; "
-                         f"fit {_pct(r['val'].get('noisy_fit'))})")
+                         f"{pct(r['val']['top1'])} (s2 {pct(r['val_stage_last']['stage2'])}; "
+                         f"P {pct(r['val']['noise_precision'])} / R {pct(r['val']['noise_recall'])}; "
+                         f"fit {pct(r['val'].get('noisy_fit'))})")
         for p in profiles:
             seeds = [s for q, s in cols if q == p]
             diffs = [by[(v, p, s)]["val"]["top1"] - by[("default", p, s)]["val"]["top1"]

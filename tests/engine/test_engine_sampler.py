@@ -38,3 +38,14 @@ def test_order_depends_on_seed_and_epoch_only():
     assert list(a) == list(b)
     b.set_epoch(1)
     assert list(a) != list(b)
+
+
+def test_cleaning_state_counts_by_hand():
+    from capro.engine.loop import CleaningState
+
+    state = CleaningState.fresh(torch.arange(5).numpy())
+    assert state.counts() == {"kept": 5, "relabeled": 0, "removed": 0}
+    state.update(torch.tensor([1, 3, 4]), clean=torch.tensor([True, False, True]),
+                 relabeled=torch.tensor([True, False, False]), target=torch.tensor([2, 3, 4]))
+    # 1 relabelled (clean), 3 removed, 0 / 2 / 4 kept with their label
+    assert state.counts() == {"kept": 3, "relabeled": 1, "removed": 1}

@@ -115,6 +115,11 @@ class CleaningState:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"clean": self.clean, "relabeled": self.relabeled, "target": self.target}
 
+    def counts(self) -> dict[str, int]:
+        """Samples kept with their label, relabelled and removed by the last verdicts."""
+        return {"kept": int((self.clean & ~self.relabeled).sum()), "relabeled": int(self.relabeled.sum()),
+                "removed": int((~self.clean).sum())}
+
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> CleaningState:
         return cls(state["clean"], state["relabeled"], state["target"])

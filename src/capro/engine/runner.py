@@ -385,7 +385,7 @@ def _go_on_with(p: _Pipeline, sub: _Pipeline, stages: tuple[str, ...], model: CA
     p.stages.update({stage: sub.stages[stage] for stage in stages})
 
 
-def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float | None:
+def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float:
     """The validation score of the stage-2 weights the run goes on with: the best epoch's when the
     run keeps it or cleans offline from it (D12), else that of ``model`` (what stage 2 handed on)."""
     cfg = sub.ctx.cfg
@@ -427,16 +427,11 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     sub, cleaning = runs[chosen]
     _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule")
 
-    def counts(state: CleaningState) -> dict[str, int]:
-        clean, relabeled = state.clean.numpy(), state.relabeled.numpy()
-        return {"kept": int((clean & ~relabeled).sum()), "relabeled": int(relabeled.sum()),
-                "removed": int((~clean).sum())}
-
     seconds = {r: float(runs[r][0].stages["stage2"].get("seconds", 0.0)) for r in scores}
     p.stages["stage2"] = {**p.stages["stage2"], "seconds": round(sum(seconds.values()), 3)}  # every branch's
     p.online_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
                      "rules": {r: {"score": scores[r], "best_epoch": runs[r][0].stages["stage2"].get("best_epoch"),
-                               "seconds": seconds[r], **counts(runs[r][1])} for r in scores}}
+                               "seconds": seconds[r], **runs[r][1].counts()} for r in scores}}
     return cleaning
 
 
@@ -628,9 +623,9 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                       "multi-label run trains without it (set stage3.mixup=false to silence this)",
                       stacklevel=2)
         cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, mixup=False))
-    chosen_online = list(cfg.method.keep_rules) != list(ONLINE_KEEP_RULES)  # the default needs no word
-    for key, rules in (("clean.keep_rules", cfg.clean.keep_rules),
-                       ("method.keep_rules", cfg.method.keep_rules if chosen_online else [])):
+    # the default online rules need no word: multi-label data simply trains one stage 2
+    named_online = [] if list(cfg.method.keep_rules) == list(ONLINE_KEEP_RULES) else cfg.method.keep_rules
+    for key, rules in (("clean.keep_rules", cfg.clean.keep_rules), ("method.keep_rules", named_online)):
         if multi and rules:
             warnings.warn(f"{key} chooses among single-label keep rules; this multi-label run "
                           "cleans with its method's rule only", stacklevel=2)
@@ -712,8 +707,7 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
         elif final_stage == "stage2":
             final = cleaning.target.numpy()
             removed, flagged = ~cleaning.clean.numpy(), cleaning.relabeled.numpy()
-            metrics["cleaning"] = {"kept": int((~removed & ~flagged).sum()), "relabeled": int(flagged.sum()),
-                                   "removed": int(removed.sum()), "source": "stage2-online"}
+            metrics["cleaning"] = {**cleaning.counts(), "source": "stage2-online"}
         else:
             metrics["cleaning"] = {"kept": len(train), "relabeled": 0, "removed": 0, "source": "none"}
         if truth:
