@@ -49,13 +49,15 @@ def branch_curves(run: Path, rule: str) -> dict[str, Any]:
             "val_last": curves["val_top1"][-1], "test_last": curves["test_top1"][-1]}
 
 
-def run_one(profile: str, seed: int, work: Path) -> dict[str, Any]:
+def run_one(profile: str, seed: int, work: Path, *, extra: tuple[str, ...] = (),
+            name: str = "online-rules") -> dict[str, Any]:
+    """``capro-ft`` of the long size with both rules (plus ``extra`` overrides) in ``<seed dir>/<name>``."""
     from capro.engine.runner import run_pipeline
 
     size = SIZES["long"]
     data = ensure_data(work, size, profile, seed)
-    run = data.parent / "online-rules"
-    overrides = [*row_overrides("capro-ft", size, seed), f"method.keep_rules=[{','.join(RULES)}]"]
+    run = data.parent / name
+    overrides = [*row_overrides("capro-ft", size, seed), f"method.keep_rules=[{','.join(RULES)}]", *extra]
     t0 = time.perf_counter()
     metrics = run_pipeline(data, run, load_config(preset="cpu", overrides=overrides), resume=True, progress=False)
     return {"profile": profile, "seed": seed, "rules": {r: branch_curves(run, r) for r in RULES},

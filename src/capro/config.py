@@ -211,6 +211,9 @@ class StageConfig:
     w_proto: float = 1.0
     mixup: bool = False
     mixup_alpha: float = 0.8
+    ema_epochs: float = 0.0
+    """Score, keep and hand on an exponential moving average of the weights over about this many
+    epochs instead of the last step's weights (D22, :mod:`capro.engine.averaging`); 0 = off."""
 
 
 def _stage1() -> StageConfig:
@@ -580,6 +583,7 @@ _STAGE_RANGES: dict[str, tuple[Any, str]] = {
     "epochs": _at_least(0), "lr": _at_least(0), "warmup_epochs": _at_least(0), "batch_size": _at_least(1),
     "frozen_encoder_epoch": _at_least(0), "init_proto_epoch": _at_least(0), "start_clean_epoch": _at_least(0),
     "w_inst": _at_least(0), "w_recn": _at_least(0), "w_proto": _at_least(0), "mixup_alpha": _above(0),
+    "ema_epochs": _at_least(0),
 }
 # Allowed values of every numeric key (None values are not checked: they mean "never" / "decide").
 _RANGES: dict[str, tuple[Any, str]] = {

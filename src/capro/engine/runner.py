@@ -79,7 +79,8 @@ LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache
                                                    "nlist": 0, "nprobe": 32, "hnsw_m": 32, "ef_search": 128,
                                                    "recall_queries": 1000},
                                          "match": {"score": "distance", "temperature": 0.05,
-                                                   "min_margin": None, "min_anchors": 20}}
+                                                   "min_margin": None, "min_anchors": 20},
+                                         **{stage: {"ema_epochs": 0.0} for stage in ("stage1", "stage2", "stage3")}}
 """Config keys added after runs were fingerprinted without them, with their default: at that
 default they stay out of the fingerprint, so runs made before the key existed still count as
 finished (and resume) under the newer code."""

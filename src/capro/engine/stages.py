@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from capro.data.batched import (
 )
 from capro.data.datasets import EvalDataset, TrainDataset, label_targets
 from capro.data.layout import ClassInfo, Split
+from capro.engine.averaging import WeightAverage, ema_decay
 from capro.engine.bad_images import BadImageLog, bad_images
 from capro.engine.checkpoint import (
     check_resume_batch,
@@ -315,6 +317,9 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
         if ctx.is_main:
             best_path.unlink(missing_ok=True)
     model.to(device)
+    average = WeightAverage(model, ema_decay(st.ema_epochs, steps)) if st.ema_epochs > 0 else None
+    if average is not None and ctx.resume and last.is_file():
+        average.load_state_dict(ck["average"])
     t_start = time.perf_counter()
 
     def save(epoch: int, step: int, epoch_stats: EpochStats) -> None:
@@ -327,21 +332,22 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
                 "cleaning": cleaning.state_dict(), "stats": epoch_stats.state_dict(),
                 "elapsed": elapsed + time.perf_counter() - t_start,
                 "global_batch": global_batch, "world_size": info.world_size,
-                "best": best.state_dict(),
+                "best": best.state_dict(), "average": average.state_dict() if average else None,
             })
 
     def score(epoch: int) -> dict[str, float]:
         """The epoch's scores (every rank scores its slice); rank 0 writes a new best to ``best.pt``."""
         if scorer is None or not scorer.due(epoch, st.epochs):
             return {}
-        scores = scorer(model)
-        value = scores.get(scorer.column) if scorer.column else None
-        if best.improves(value):
-            best.update(epoch, value)
-            if ctx.is_main:
-                save_checkpoint(best_path, {"fingerprint": fingerprint, "stage": name, "epoch": epoch,
-                                            "score": value, "metric": scorer.column,
-                                            "model": model.state_dict(), "cleaning": cleaning.state_dict()})
+        with average.applied(model) if average else nullcontext(model) as scored:
+            scores = scorer(scored)
+            value = scores.get(scorer.column) if scorer.column else None
+            if best.improves(value):
+                best.update(epoch, value)
+                if ctx.is_main:
+                    save_checkpoint(best_path, {"fingerprint": fingerprint, "stage": name, "epoch": epoch,
+                                                "score": value, "metric": scorer.column,
+                                                "model": scored.state_dict(), "cleaning": cleaning.state_dict()})
         return scores
 
     frozen_now: bool | None = None
@@ -367,6 +373,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             def after_step(step_done: int, epoch_stats: EpochStats, epoch: int = epoch) -> None:
                 nonlocal global_step
                 global_step += 1
+                if average is not None:
+                    average.update(model)
                 every = cfg.train.checkpoint_every_steps
                 if stop_requested_anywhere(stop.should_stop, device):
                     save(epoch, step_done, epoch_stats)
@@ -398,6 +406,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     if ctx.is_main and st.epochs > start_epoch:
         progress(stage_line(name, st.epochs - start_epoch, time.perf_counter() - t_start, *totals))
     model.freeze_backbone(False)
+    if average is not None:
+        average.copy_to(model)
     kept_epoch = st.epochs - 1
     if cfg.train.keep == "best" and best_path.is_file():  # every rank reads the same file
         ck = load_checkpoint(best_path)
