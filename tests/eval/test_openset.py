@@ -50,3 +50,30 @@ def test_rejects_out_of_range_labels():
         openset_metrics(np.array([0.9]), np.array([3]), np.array([0]), num_known=3)
     with pytest.raises(DataError, match="targets"):
         openset_metrics(np.array([0.9]), np.array([0]), np.array([-2]), num_known=3)
+
+
+def test_auroc_counts_known_over_unknown_pairs_by_hand():
+    # known max-probs 0.9, 0.4; unknown 0.6, 0.3: pairs (0.9>0.6, 0.9>0.3, 0.4<0.6, 0.4>0.3) -> 3/4
+    got = openset_metrics(np.array([0.9, 0.6, 0.4, 0.3]), np.array([0, 1, 1, 0]),
+                          np.array([0, -1, 1, -1]), num_known=2)
+    assert got["auroc"] == pytest.approx(0.75)
+    # a tie between a known and an unknown sample counts half: 1 + 0.5 over 2 pairs
+    tie = openset_metrics(np.array([0.7, 0.7, 0.2]), np.array([0, 0, 0]), np.array([0, -1, -1]), num_known=1)
+    assert tie["auroc"] == pytest.approx(0.75)
+    # no unknown sample: undefined
+    assert openset_metrics(np.array([0.7]), np.array([0]), np.array([0]), num_known=1)["auroc"] is None
+
+
+def test_pr_auc_collapses_for_a_confident_model_while_auroc_keeps_the_ranking():
+    # the same ranking of 40 known over 40 unknown samples, squeezed above 0.99: PR-AUC reads only
+    # the fixed thresholds 0.01-0.99, where nothing changes, so its area is 0; AUROC is unchanged
+    rng = np.random.default_rng(1)
+    known, unknown = rng.uniform(0.5, 1.0, 40), rng.uniform(0.0, 0.6, 40)
+    prob = np.concatenate([known, unknown])
+    target = np.concatenate([np.zeros(40, int), -np.ones(40, int)])
+    pred = np.zeros(80, int)
+    spread = openset_metrics(prob, pred, target, num_known=1)
+    squeezed = openset_metrics(0.995 + 0.004 * prob, pred, target, num_known=1)
+    assert spread["pr_auc"] > 0.3 and squeezed["pr_auc"] == 0.0
+    assert squeezed["auroc"] == pytest.approx(spread["auroc"])
+    assert 0.5 < spread["auroc"] < 1.0

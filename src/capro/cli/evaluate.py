@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
     elif args.open_set:
-        print(f"open set: mean C-F1 {m['mean_cf1']:.2f}  PR-AUC {m['pr_auc']:.4f}  "
+        auroc = "-" if m.get("auroc") is None else f"{m['auroc']:.4f}"
+        print(f"open set: mean C-F1 {m['mean_cf1']:.2f}  PR-AUC {m['pr_auc']:.4f}  AUROC {auroc}  "
               f"(n={m['n']}, {m['n_unknown']} unknown)")
     elif "top1" in m:
         print(f"{m['split']}: top-1 {100 * m['top1']:.2f}%  top-5 {100 * m['top5']:.2f}%  (n={m['n']})")

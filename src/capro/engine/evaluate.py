@@ -162,13 +162,14 @@ def read_openset(root: str | os.PathLike, classes: list[ClassInfo]) -> tuple[lis
 def openset_from_logits(logits: np.ndarray, targets: np.ndarray) -> dict:
     """Max-softmax open-set metrics (§5.1) of logits [N, C] over known classes, targets [N] (-1 unknown).
 
-    {"mean_cf1" (%), "pr_auc" (fraction), "n", "n_unknown"}; see :func:`capro.eval.openset.openset_metrics`.
+    {"mean_cf1" (%), "pr_auc" (fraction), "auroc" (fraction or None), "n", "n_unknown"}; see
+    :func:`capro.eval.openset.openset_metrics`.
     """
     z = logits.astype(np.float64)
     prob = np.exp(z - z.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)
     m = openset_metrics(prob.max(axis=1), prob.argmax(axis=1), targets, num_known=logits.shape[1])
-    return {"mean_cf1": m["mean_cf1"], "pr_auc": m["pr_auc"], "n": int(len(targets)),
+    return {"mean_cf1": m["mean_cf1"], "pr_auc": m["pr_auc"], "auroc": m["auroc"], "n": int(len(targets)),
             "n_unknown": int((targets < 0).sum())}
 
 

@@ -4,7 +4,7 @@ confidence thresholds."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import auc
+from sklearn.metrics import auc, roc_auc_score
 
 from capro.errors import DataError
 
@@ -36,8 +36,14 @@ def openset_metrics(
 
     Returns {"thresholds" [T], "cp" [T], "cr" [T], "cf1" [T] (%), "mean_cf1" (%, mean over the
     thresholds), "pr_auc" (area under the (C-R, C-P) curve with both as fractions in [0, 1]:
-    ``sklearn.metrics.auc`` on the points sorted by recall, ties kept in threshold order)}. ``thresholds`` defaults to
+    ``sklearn.metrics.auc`` on the points sorted by recall, ties kept in threshold order),
+    "auroc" (probability that a known-class sample has a higher ``max_prob`` than an unknown one,
+    ties counting half; None unless both kinds are present)}. ``thresholds`` defaults to
     ``np.linspace(0.01, 0.99, 100)``.
+
+    PR-AUC reads the curve only between the fixed thresholds, so it also measures calibration: a
+    model whose top probability exceeds 0.99 on most samples, known or not, spans a narrow range
+    of recall and scores near 0 however well it ranks them. AUROC depends on the ranking alone.
     """
     prob = np.asarray(max_prob, dtype=np.float64).reshape(-1)
     p = np.asarray(pred, dtype=np.int64).reshape(-1)
@@ -68,9 +74,12 @@ def openset_metrics(
     cf1 = _safe_div(2.0 * cp * cr, cp + cr)
     order = np.argsort(cr, kind="stable")
     pr_auc = float(auc(cr[order] / 100.0, cp[order] / 100.0)) if len(ths) > 1 else 0.0
+    known = t >= 0
+    auroc = float(roc_auc_score(known, prob)) if 0 < known.sum() < known.size else None
     return {
         "mean_cf1": float(cf1.mean()),
         "pr_auc": pr_auc,
+        "auroc": auroc,
         "thresholds": ths,
         "cp": cp,
         "cr": cr,
