@@ -37,7 +37,7 @@ def test_update_matches_a_reference_loop_and_applied_restores_the_live_weights()
     model = _Toy()
     avg = WeightAverage(model, decay=0.75)
     ref = {k: v.clone() for k, v in model.state_dict().items() if k in avg.keys}
-    for _ in range(3):
+    for t in range(5):
         with torch.no_grad():
             for p in model.encoder_q.parameters():
                 p.add_(torch.randn_like(p))
@@ -45,7 +45,8 @@ def test_update_matches_a_reference_loop_and_applied_restores_the_live_weights()
             model.encoder_k[0].weight.add_(5.0)
         avg.update(model)
         live = model.state_dict()
-        ref = {k: 0.75 * ref[k] + 0.25 * live[k] for k in ref}
+        d = [0.0, 1 / 2, 2 / 3, 0.75, 0.75][t]  # the plain mean of the steps until the decay takes over
+        ref = {k: d * ref[k] + (1 - d) * live[k] for k in ref}
     for k in ref:
         assert torch.allclose(avg.shadow[k], ref[k], atol=1e-6), k
     live = {k: v.clone() for k, v in model.state_dict().items()}
@@ -58,7 +59,7 @@ def test_update_matches_a_reference_loop_and_applied_restores_the_live_weights()
         assert torch.equal(v, live[k]), k
     fresh = WeightAverage(_Toy(), decay=0.75)
     fresh.load_state_dict(avg.state_dict())
-    assert all(torch.equal(fresh.shadow[k], avg.shadow[k]) for k in ref)
+    assert all(torch.equal(fresh.shadow[k], avg.shadow[k]) for k in ref) and fresh.updates == 5
 
 
 def _val_column(log) -> list[float]:
@@ -81,11 +82,11 @@ def test_a_run_scores_keeps_and_hands_on_the_average(tiny_web_data, tmp_path):
     run_pipeline(tiny_web_data, run, cfg, progress=False)
     last = torch.load(run / "stage2" / "last.pt", weights_only=True)
     final = torch.load(run / "model.pt", weights_only=True)["model"]
-    keys = list(last["average"])
+    keys = list(last["average"]["weights"])
     assert keys and "encoder_k.0.weight" not in keys
     for k in keys:  # the run ends on the average, not on the last step's weights
-        assert torch.equal(final[k], last["average"][k]), k
-    assert any(not torch.equal(last["model"][k], last["average"][k]) for k in keys)
+        assert torch.equal(final[k], last["average"]["weights"][k]), k
+    assert any(not torch.equal(last["model"][k], last["average"]["weights"][k]) for k in keys)
     # best.pt holds the weights that were scored: re-scoring them gives its log.csv value
     best = torch.load(run / "stage2" / "best.pt", weights_only=True)
     assert best["score"] == max(_val_column(run / "stage2" / "log.csv"))

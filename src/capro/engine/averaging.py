@@ -1,9 +1,11 @@
 """An exponential moving average of a model's weights, the model a stage scores and hands on (D22).
 
 ``stage*.ema_epochs = E > 0`` keeps, beside the trained weights, an average updated after every
-optimiser step with decay ``1 - 1 / (E * steps_per_epoch)``: the weights of roughly the last E
-epochs. Validation scores it, ``best.pt`` stores it, and the stage ends on it. Training itself,
-online cleaning included, runs on the live weights.
+optimiser step with decay ``d = 1 - 1 / (E * steps_per_epoch)``: the weights of roughly the last
+E epochs. The t-th update (from 0) uses ``min(d, t / (t + 1))``, so while the stage is younger
+than E epochs the average is the plain mean of its steps so far, and the weights the stage
+started from never linger in it. Validation scores the average, ``best.pt`` stores it, and the
+stage ends on it. Training itself, online cleaning included, runs on the live weights.
 
 Averaged: the floating-point parameters and batch-norm running statistics of every submodule but
 the momentum key encoder and key head (themselves a momentum copy). The queue, the prototypes and
@@ -42,6 +44,7 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = float(decay)
         self.keys = averaged_keys(model)
+        self.updates = 0
         live = model.state_dict()
         self.shadow = {k: live[k].detach().clone() for k in self.keys}
 
@@ -49,7 +52,9 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         """Fold the live weights of ``model`` into the average (after an optimiser step)."""
         live = model.state_dict()
-        torch._foreach_lerp_(list(self.shadow.values()), [live[k] for k in self.keys], 1.0 - self.decay)
+        decay = min(self.decay, self.updates / (self.updates + 1))
+        torch._foreach_lerp_(list(self.shadow.values()), [live[k] for k in self.keys], 1.0 - decay)
+        self.updates += 1
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -71,14 +76,16 @@ class WeightAverage:
                 for k in self.keys:
                     live[k].copy_(saved[k])
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
+    def state_dict(self) -> dict:
+        """{"weights": {key: tensor}, "updates": int}."""
+        return {"weights": dict(self.shadow), "updates": self.updates}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """Restore a saved average (same keys); tensors keep this average's device."""
-        missing = set(self.keys) - set(state)
+        missing = set(self.keys) - set(state["weights"])
         if missing:
             raise KeyError(f"weight average lacks {sorted(missing)[:3]}")
         with torch.no_grad():
             for k in self.keys:
-                self.shadow[k].copy_(state[k])
+                self.shadow[k].copy_(state["weights"][k])
+        self.updates = int(state["updates"])
