@@ -2,11 +2,10 @@
 scored, kept in ``best.pt``, handed on, and resumed after SIGKILL."""
 
 import csv
-import sys
 
 import pytest
 import torch
-from test_engine_resume import TINY_RUN_OVERRIDES, _kill_once_written
+from test_engine_resume import TINY_RUN_OVERRIDES, kill_in
 from torch import nn
 
 from capro.engine.averaging import WeightAverage, averaged_keys, ema_decay
@@ -101,16 +100,5 @@ def test_a_run_scores_keeps_and_hands_on_the_average(tiny_web_data, tmp_path):
 def test_sigkill_inside_an_averaged_stage2_then_resume_matches_uninterrupted(tiny_web_data, tmp_path):
     from _launch import assert_resume_matches
 
-    from capro.config import load_config
-    from capro.engine.runner import run_pipeline
-
-    extra = ["stage2.ema_epochs=2", "stage3.epochs=0"]
-    ref_run = tmp_path / "ref"
-    ref = run_pipeline(tiny_web_data, ref_run, load_config(preset="tiny", overrides=[*TINY_RUN_OVERRIDES, *extra]),
-                       progress=False)
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "capro", "run", str(tiny_web_data), *TINY_RUN_OVERRIDES, *extra,
-           "train.checkpoint_every_steps=4", "--preset", "tiny", "--out", str(run)]
-    _kill_once_written(cmd, run / "stage2" / "last.pt")
-    assert not (run / "stage2" / "done.json").exists()
+    cmd, run, ref_run, ref = kill_in(tiny_web_data, tmp_path, ["stage2.ema_epochs=2", "stage3.epochs=0"], "stage2")
     assert_resume_matches(cmd, run, ref_run, ref)

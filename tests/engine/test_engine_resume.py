@@ -38,21 +38,28 @@ def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_run, tiny_
     assert_resume_matches(cmd, run, ref_run, ref)
 
 
-def test_sigkill_in_the_second_online_rule_then_resume_matches_uninterrupted(tiny_web_data, tmp_path):
-    """D21: stage 2 trained once per rule; a kill inside the second rule's stage 2 resumes there."""
+def kill_in(data, tmp_path, extra: list[str], stage_dir: str):
+    """Run the tiny preset with ``extra`` uninterrupted (the reference), then again in a process
+    SIGKILLed once ``RUN/<stage_dir>/last.pt`` exists. Returns (cmd, run, ref_run, ref metrics)."""
     from capro.config import load_config
     from capro.engine.runner import run_pipeline
 
-    rules = ["method.keep_rules=[paper,top1]", "stage3.epochs=0"]
     ref_run = tmp_path / "ref"
-    ref = run_pipeline(tiny_web_data, ref_run, load_config(preset="tiny", overrides=[*TINY_RUN_OVERRIDES, *rules]),
+    ref = run_pipeline(data, ref_run, load_config(preset="tiny", overrides=[*TINY_RUN_OVERRIDES, *extra]),
                        progress=False)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "capro", "run", str(tiny_web_data), *TINY_RUN_OVERRIDES, *rules,
+    cmd = [sys.executable, "-m", "capro", "run", str(data), *TINY_RUN_OVERRIDES, *extra,
            "train.checkpoint_every_steps=4", "--preset", "tiny", "--out", str(run)]
-    _kill_once_written(cmd, run / "online_rules" / "top1" / "stage2" / "last.pt")
+    _kill_once_written(cmd, run / stage_dir / "last.pt")
+    assert not (run / stage_dir / "done.json").exists()
+    return cmd, run, ref_run, ref
+
+
+def test_sigkill_in_the_second_online_rule_then_resume_matches_uninterrupted(tiny_web_data, tmp_path):
+    """D21: stage 2 trained once per rule; a kill inside the second rule's stage 2 resumes there."""
+    cmd, run, ref_run, ref = kill_in(tiny_web_data, tmp_path, ["method.keep_rules=[paper,top1]", "stage3.epochs=0"],
+                                     "online_rules/top1/stage2")
     assert (run / "online_rules" / "paper" / "stage2" / "done.json").exists()
-    assert not (run / "online_rules" / "top1" / "stage2" / "done.json").exists()
     assert_resume_matches(cmd, run, ref_run, ref)
     def choice(o: dict) -> dict:  # what was chosen and why, not how long each branch took
         return {**o, "rules": {r: {k: v for k, v in x.items() if k != "seconds"} for r, x in o["rules"].items()}}
