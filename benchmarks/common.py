@@ -33,20 +33,21 @@ RECORDED_ROWS: tuple[str, ...] = ("ce", "vanilla", "mopro", "capro-random-anchor
 their result files' identity: kept as they were when rows are added)."""
 
 ROWS: tuple[str, ...] = (*RECORDED_ROWS[:8], "capro-ft-s2last", "capro-distance", "capro-ft-distance",
-                         *RECORDED_ROWS[8:])
+                         *RECORDED_ROWS[8:], "ce-ema")
 """The quality rows, in table order (benchmark.md); ``oracle`` (CE on the truly clean rows only,
 from ``truth.jsonl``) is the ceiling, not a competitor. ``capro-ft-s2last`` cleans offline and
 fine-tunes from stage 2's last epoch (``clean.stage2_checkpoint=kept`` under ``train.keep=last``),
 ``capro-ft``'s rule until D12 made it stage 2's best-validation epoch; ``capro-distance`` and
 ``capro-ft-distance`` rank anchors by the paper's text distance (``match.score=distance``), the
-default until D13 made it the margin-aware softmax."""
+default until D13 made it the margin-aware softmax. ``ce-ema`` is ``ce`` with
+D22's weight average (what the average alone gives plain training)."""
 
 DERIVED_ROWS: dict[str, str] = {"ce-best": "ce"}
 """Rows read off another row's run: ``ce-best`` is ``ce`` at its best-validation epoch."""
 
 RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "capro-ft-s2best", "capro-ft-s2last", "oracle",
                               "capro-distance", "capro-ft-distance", "cleanlab", "vanilla", "capro-no-enhance",
-                              "capro-random-anchors", "mopro")
+                              "capro-random-anchors", "mopro", "ce-ema")
 """The order rows are run in: the headline comparison first; ``capro`` before the three rows
 that reuse its finished steps."""
 
@@ -113,11 +114,12 @@ PAPER_KEEP = ("method.keep_th=null", "method.keep_top=0")
 
 # Offline cleaning from what stage 2 handed on, the default until D12 made it stage 2's
 # best-validation epoch, the per-image input path, the default until the batched one, no fine-tune
-# guard (until D18), and the paper's anchors: its ranking (until D13), its fixed top-K (until D16)
-# over neighbours-only texts (until D17); pinned for the ``quick`` size, whose smoke-test table was
-# recorded with them (the ``full`` tables were re-run on the current defaults on 2026-12-05; their
+# guard (until D18), no weight average in stage 2 (until D22), and the paper's anchors: its ranking
+# (until D13), its fixed top-K (until D16) over neighbours-only texts (until D17); pinned for the
+# ``quick`` size, whose smoke-test table was recorded with them (the ``full`` tables were re-run on the current defaults on 2026-12-05; their
 # earlier results are in ``results/quality/full-per-image/``).
-RECORDED_CLEAN = ("clean.stage2_checkpoint=kept", "data.augment=per_image", "clean.guard=false")
+RECORDED_CLEAN = ("clean.stage2_checkpoint=kept", "data.augment=per_image", "clean.guard=false",
+                  "stage2.ema_epochs=0")
 PAPER_MATCH = ("match.score=distance", "match.min_margin=null", "graph.self_weight=0")
 
 
@@ -181,6 +183,7 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
         "ce": ce,
         "cleanlab": ce,
         "oracle": ce,
+        "ce-ema": [*ce, "stage1.ema_epochs=5"],
         "vanilla": _one_stage(size),
         # MoPro as published: one stage 2 under its keep rule (no D21)
         "mopro": [*_two_stage(size), "method.prototypes=all", "method.keep_rules=[]"],
