@@ -11,6 +11,9 @@ def test_defaults_are_the_papers_webvision_values():
     assert (cfg.stage2.epochs, cfg.stage2.init_proto_epoch, cfg.stage2.start_clean_epoch) == (60, 5, 10)
     assert (cfg.graph.k, cfg.graph.keep, cfg.graph.k1, cfg.graph.k2, cfg.graph.lam) == (20, 5, 20, 6, 0.3)
     assert cfg.stage3.mixup and cfg.stage3.frozen_encoder_epoch > cfg.stage3.epochs
+    # D22: stage 2 alone averages its weights; the tiny preset's 3-epoch stage 2 does not
+    assert (cfg.stage1.ema_epochs, cfg.stage2.ema_epochs, cfg.stage3.ema_epochs) == (0, 5, 0)
+    assert load_config(preset="tiny").stage2.ema_epochs == 0
 
 
 def test_preset_then_file_then_overrides(tmp_path):
@@ -37,6 +40,7 @@ def test_int_is_accepted_for_float_and_null_for_optional():
         ("stage1.epochs=three", "config key 'stage1.epochs'"),
         ("train.amp=fp8", "'train.amp'"),
         ("graph.keep=50", "'graph.keep'"),
+        ("stage2.ema_epochs=-1", "'stage2.ema_epochs'"),
         ("method.protect_anchors=maybe", "expected true/false"),
         ("justakey", "key.sub=value"),
     ],
