@@ -320,6 +320,9 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     average = WeightAverage(model, ema_decay(st.ema_epochs, steps)) if st.ema_epochs > 0 else None
     if average is not None and ctx.resume and last.is_file():
         average.load_state_dict(ck["average"])
+    if average is not None and ctx.is_main and start_epoch < st.epochs:
+        progress(f"{name}: scores and hands on its weights averaged over about {st.ema_epochs:g} "
+                 f"epochs ({name}.ema_epochs, D22)")
     t_start = time.perf_counter()
 
     def save(epoch: int, step: int, epoch_stats: EpochStats) -> None:
