@@ -37,7 +37,7 @@ from capro.cli.demo import MULTILABEL_OVERRIDES
 from capro.config import load_config
 from capro.data.simulate import simulate
 from capro.engine.runner import run_pipeline
-from capro.utils.io import write_json
+from capro.utils.io import read_json, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {"train_size": 2000, "val_size": 200, "test_size": 500, "image_size": 32}
@@ -108,9 +108,20 @@ def _seconds(metrics: dict) -> float:
     return round(sum(float(s.get("seconds", 0.0)) for s in metrics.get("stages", {}).values()), 1)
 
 
-def multilabel(work: Path, *, long: bool = False, part: str | None = None) -> dict:
+def _recorded_bce(path: Path, bce_ov: list[str]) -> dict:
+    """The BCE side of an earlier result file, when it ran exactly this baseline on this data."""
+    rec = read_json(path)
+    if rec.get("config", {}).get("bce") != bce_ov or rec.get("config", {}).get("common") != COMMON \
+            or {k: v for k, v in rec.get("data", {}).items() if k in SIZES} != SIZES:
+        raise SystemExit(f"{path}: its BCE run had another config or data; train it again (drop --bce-from)")
+    return rec
+
+
+def multilabel(work: Path, *, long: bool = False, part: str | None = None, bce_from: Path | None = None) -> dict:
     """CAPro vs BCE on the mosaics; ``part`` ``capro`` or ``bce`` trains only that model (two
-    processes can share the work) and writes nothing; a call without ``part`` reuses both."""
+    processes can share the work) and writes nothing; a call without ``part`` reuses both.
+    ``bce_from``: take the BCE figures from that earlier result file instead of training BCE
+    (checked to be the same baseline on the same data; the output names the file and its commit)."""
     data = _data(work, "ml", multilabel=True)
     regime = LONG if long else ()
     capro_ov = [*MULTILABEL_OVERRIDES, *regime]
@@ -120,22 +131,28 @@ def multilabel(work: Path, *, long: bool = False, part: str | None = None) -> di
         _run(data, work / f"{tag}_{part}", capro_ov if part == "capro" else bce_ov)
         return {}
     capro, _ = _run(data, work / f"{tag}_capro", capro_ov)
-    bce, _ = _run(data, work / f"{tag}_bce", bce_ov)
-    t_capro, t_bce = _seconds(capro), _seconds(bce)
     split = next(iter(capro["eval"]))
+    if bce_from is not None:
+        rec = _recorded_bce(bce_from, bce_ov)
+        bce_eval, t_bce, bce_curves = rec["bce_baseline"], rec["seconds"]["bce"], rec.get("curves", {}).get("bce")
+    else:
+        bce, _ = _run(data, work / f"{tag}_bce", bce_ov)
+        bce_eval, t_bce, bce_curves = bce["eval"][split], _seconds(bce), _map_curves(work / f"{tag}_bce")
     out = {
         "scenario": "multilabel_long" if long else "multilabel",
         "data": {**SIZES, "profile": "web", "seed": 0}, "split": split,
         "config": {"preset": "cpu", "common": COMMON, "capro": capro_ov, "bce": bce_ov},
         "capro_stage1": capro["stages"]["stage1"]["eval"][split],
         "capro_final": capro["eval"][split],
-        "bce_baseline": bce["eval"][split],
-        "seconds": {"capro": round(t_capro, 1), "bce": round(t_bce, 1)},
+        "bce_baseline": bce_eval,
+        "seconds": {"capro": round(_seconds(capro), 1), "bce": round(t_bce, 1)},
         "machine": _machine(),
     }
+    if bce_from is not None:
+        out["bce_from"] = {"file": bce_from.name, "commit": rec.get("commit")}
     out["capro_minus_bce_mAP_macro"] = out["capro_final"]["mAP_macro"] - out["bce_baseline"]["mAP_macro"]
     if long:
-        out["curves"] = {"capro": _map_curves(work / f"{tag}_capro"), "bce": _map_curves(work / f"{tag}_bce")}
+        out["curves"] = {"capro": _map_curves(work / f"{tag}_capro"), "bce": bce_curves}
         out["commit"] = git_commit()
     write_json(RESULTS / ("multilabel_long.json" if long else "multilabel.json"), out)
     return out
@@ -165,6 +182,8 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="multi-label in the long-training regime")
     ap.add_argument("--part", choices=("capro", "bce"),
                     help="multi-label: train only this model (run both parts, then once without)")
+    ap.add_argument("--bce-from", type=Path,
+                    help="multi-label: reuse the BCE side of this earlier result file (same baseline and data)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
@@ -173,7 +192,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.only != "openset":
-        print(multilabel(args.work, long=args.long, part=args.part))
+        print(multilabel(args.work, long=args.long, part=args.part, bce_from=args.bce_from))
     if args.only != "multilabel":
         print(openset(args.work))
 
