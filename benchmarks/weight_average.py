@@ -57,13 +57,11 @@ def table(profiles: list[str], seeds: list[int], emas: list[float]) -> str:
             rs = [r for s in seeds if (r := result(profile, s, ema)) is not None]
             if not rs:
                 continue
-
-            def cell(get, rs=rs) -> str:
-                return _cell(rs, get)
-            lines.append(f"| {ema:g} | {profile} | {len(rs)} | {', '.join(r['online_rule']['chosen'] for r in rs)} | "
-                         f"{cell(lambda r: _chosen(r)['val_last'])} | {cell(lambda r: _chosen(r)['val_best'])} | "
-                         f"{cell(lambda r: r['val']['top1'])} | {cell(lambda r: r['test']['top1'])} | "
-                         f"{cell(lambda r: _chosen(r)['test_last'])} |")
+            cells = [_cell(rs, get) for get in (lambda r: _chosen(r)["val_last"], lambda r: _chosen(r)["val_best"],
+                                                lambda r: r["val"]["top1"], lambda r: r["test"]["top1"],
+                                                lambda r: _chosen(r)["test_last"])]
+            chosen = ", ".join(r["online_rule"]["chosen"] for r in rs)
+            lines.append(f"| {ema:g} | {profile} | {len(rs)} | {chosen} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
