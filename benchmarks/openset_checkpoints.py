@@ -6,7 +6,9 @@ won or lost along the pipeline).
 For ``RUN/model.pt`` and each ``best.pt`` / ``last.pt`` under ``RUN/stage*/`` and
 ``RUN/online_rules/<rule>/stage2/`` (D21's branches), on ``DATA/openset_test.jsonl`` (default:
 the run's dataset): mean C-F1, PR-AUC, AUROC, the closed-set top-1 on the known images and the
-mean top softmax probability on known and on unknown images.
+mean top softmax probability on known and on unknown images; and ``auroc_prototype``, the AUROC
+of a score that does not use the softmax: the best cosine between an image's embedding and the
+class prototypes the checkpoint carries (None before stage 2 has prototypes).
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ def scores(logits: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
             "recall_span": [float(m["cr"].min()), float(m["cr"].max())]}
 
 
+def prototype_auroc(model, ds, targets: np.ndarray) -> float | None:
+    """AUROC (known over unknown) of each image's best cosine to the class prototypes [C, D]."""
+    from sklearn.metrics import roc_auc_score
+
+    if not bool(model.prototypes_ready):
+        return None
+    feats, _ = collect(model, ds, device=torch.device("cpu"), batch_size=256, fn="features")
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(model.projection(torch.from_numpy(feats)), dim=1)  # [N, D] embeddings
+        protos = torch.nn.functional.normalize(model.prototypes, dim=1)
+        best = (z @ protos.T).max(dim=1).values.numpy()
+    return float(roc_auc_score(targets >= 0, best))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -71,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             load_weights(model, state["model"])
             epoch = state.get("epoch")
         logits, _ = collect(model, ds, device=torch.device("cpu"), batch_size=256)
-        out["checkpoints"][name] = {"epoch": epoch, **scores(logits, targets)}
+        out["checkpoints"][name] = {"epoch": epoch, **scores(logits, targets),
+                                    "auroc_prototype": prototype_auroc(model, ds, targets)}
         r = out["checkpoints"][name]
         print(f"{name:34s} epoch {epoch!s:>4}  C-F1 {r['mean_cf1']:5.1f}  PR-AUC {r['pr_auc']:.3f}  "
-              f"AUROC {r['auroc']:.3f}  top-1 {100 * r['closed_top1']:.1f}  max-prob known "
+              f"AUROC {r['auroc']:.3f} (prototypes {r['auroc_prototype'] or float('nan'):.3f})  top-1 {100 * r['closed_top1']:.1f}  max-prob known "
               f"{r['max_prob_known']:.3f} unknown {r['max_prob_unknown']:.3f}", flush=True)
     write_json(args.out, out)
     return 0
