@@ -293,6 +293,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     bad = ctx.bad_image_log(name)
     last, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
     best = BestEpoch()
+    ck: dict | None = None  # the checkpoint resumed from
     if ctx.resume and last.is_file():
         ck = load_checkpoint(last)
         if ck.get("fingerprint") != fingerprint:
@@ -318,7 +319,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             best_path.unlink(missing_ok=True)
     model.to(device)
     average = WeightAverage(model, ema_decay(st.ema_epochs, steps)) if st.ema_epochs > 0 else None
-    if average is not None and ctx.resume and last.is_file():
+    if average is not None and ck is not None:
         average.load_state_dict(ck["average"])
     if average is not None and ctx.is_main and start_epoch < st.epochs:
         progress(f"{name}: scores and hands on its weights averaged over about {st.ema_epochs:g} "
