@@ -26,7 +26,7 @@ from common import RESULTS, machine_info  # noqa: E402
 
 from capro.data.datasets import EvalDataset  # noqa: E402
 from capro.engine.checkpoint import load_checkpoint  # noqa: E402
-from capro.engine.evaluate import collect, read_openset  # noqa: E402
+from capro.engine.evaluate import collect, max_softmax, read_openset  # noqa: E402
 from capro.engine.runner import load_run_model  # noqa: E402
 from capro.engine.stages import load_weights  # noqa: E402
 from capro.eval.openset import openset_metrics  # noqa: E402
@@ -42,10 +42,7 @@ def checkpoints(run: Path) -> dict[str, Path | None]:
 
 def scores(logits: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
     """Open-set and closed-set figures of logits [N, C] against targets [N] (-1 unknown)."""
-    z = logits.astype(np.float64)
-    prob = np.exp(z - z.max(axis=1, keepdims=True))
-    prob /= prob.sum(axis=1, keepdims=True)
-    top, pred, known = prob.max(axis=1), prob.argmax(axis=1), targets >= 0
+    (top, pred), known = max_softmax(logits), targets >= 0
     m = openset_metrics(top, pred, targets, num_known=logits.shape[1])
     return {"mean_cf1": m["mean_cf1"], "pr_auc": m["pr_auc"], "auroc": m["auroc"],
             "closed_top1": float((pred[known] == targets[known]).mean()),

@@ -159,16 +159,22 @@ def read_openset(root: str | os.PathLike, classes: list[ClassInfo]) -> tuple[lis
     return records, np.asarray(targets, dtype=np.int64)
 
 
+def max_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top softmax probability [N] float64, predicted class [N]) of logits [N, C]."""
+    z = logits.astype(np.float64)
+    prob = np.exp(z - z.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    return prob.max(axis=1), prob.argmax(axis=1)
+
+
 def openset_from_logits(logits: np.ndarray, targets: np.ndarray) -> dict:
     """Max-softmax open-set metrics (§5.1) of logits [N, C] over known classes, targets [N] (-1 unknown).
 
     {"mean_cf1" (%), "pr_auc" (fraction), "auroc" (fraction or None), "n", "n_unknown"}; see
     :func:`capro.eval.openset.openset_metrics`.
     """
-    z = logits.astype(np.float64)
-    prob = np.exp(z - z.max(axis=1, keepdims=True))
-    prob /= prob.sum(axis=1, keepdims=True)
-    m = openset_metrics(prob.max(axis=1), prob.argmax(axis=1), targets, num_known=logits.shape[1])
+    top, pred = max_softmax(logits)
+    m = openset_metrics(top, pred, targets, num_known=logits.shape[1])
     return {"mean_cf1": m["mean_cf1"], "pr_auc": m["pr_auc"], "auroc": m["auroc"], "n": int(len(targets)),
             "n_unknown": int((targets < 0).sum())}
 
