@@ -25,6 +25,8 @@ from quality import DEFAULT_WORK, ensure_data, log  # noqa: E402
 from capro.utils.io import read_json, write_json  # noqa: E402
 
 OUT = RESULTS / "no_val.json"
+OUT_CURVES = RESULTS / "no_val_curves.json"
+"""``--val-curve`` runs: per-epoch curves of runs without ``val.jsonl`` scored on it (validation seeds)."""
 
 
 def _without_val(data: Path) -> Path:
@@ -51,6 +53,37 @@ of the rows or 5 % (``without_val_any5``). A run without ``val.jsonl`` is also s
 it has finished (``val_top1_after``: it never saw the split), so that validation seeds can choose."""
 
 
+def _without_val_scored(data: Path) -> Path:
+    """A copy of ``data`` without ``val.jsonl`` whose ``test.jsonl`` is the clean ``val.jsonl``: a
+    validation seed's run then records its clean validation score after every epoch (the
+    ``test_top1`` curve) without ever selecting on it, so epoch-selection rules can be compared
+    on validation data."""
+    dst = data.parent / "data-noval-valcurve"
+    if not (dst / "train.jsonl").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in data.iterdir():
+            if f.is_file() and f.name not in ("val.jsonl", "test.jsonl"):
+                shutil.copy2(f, dst / f.name)
+        shutil.copy2(data / "val.jsonl", dst / "test.jsonl")
+        if not (dst / "images").exists():
+            (dst / "images").symlink_to(data / "images")
+    return dst
+
+
+def _curves(run_dir: Path) -> dict:
+    """Every stage-2 branch's per-epoch selecting and curve scores: {branch: {column: [...]}}."""
+    import csv
+
+    out = {}
+    for log_csv in sorted(run_dir.glob("online_rules/*/stage2/log.csv")) + [run_dir / "stage2" / "log.csv"]:
+        if not log_csv.is_file():
+            continue
+        rows = list(csv.DictReader(log_csv.open()))
+        cols = [c for c in rows[0] if c.endswith("_top1")]
+        out[log_csv.parent.parent.name] = {c: [float(r[c]) for r in rows] for c in cols}
+    return out
+
+
 def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = None) -> dict:
     from capro.config import load_config
     from capro.engine.runner import run_pipeline
@@ -72,28 +105,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    p.add_argument("--val-curve", action="store_true",
+                   help="runs without val.jsonl score the clean val.jsonl after every epoch in place of "
+                        "test (validation seeds only; keys end in /valcurve, per-epoch curves recorded)")
     args = p.parse_args(argv)
+    out_path = OUT_CURVES if args.val_curve else OUT
     for seed in args.seed:
         for profile in args.profile:
             data = ensure_data(args.work, SIZES["long"], profile, seed)
             for variant in args.variants:
-                key = f"{profile}/seed{seed}/{variant}"
-                out = read_json(OUT) if OUT.is_file() else {}
+                key = f"{profile}/seed{seed}/{variant}" + ("/valcurve" if args.val_curve else "")
+                if args.val_curve and variant == "with_val":
+                    continue
+                out = read_json(out_path) if out_path.is_file() else {}
                 if key in out:
                     log(f"{key}: done already")
                     continue
                 log(f"{key}: running")
-                root = data if variant == "with_val" else _without_val(data)
-                res = run_variant(root, data.parent / f"noval-{variant}", seed, VARIANTS[variant])
-                if variant != "with_val":
+                if args.val_curve:
+                    run_dir = data.parent / f"noval-{variant}-valcurve"
+                    res = run_variant(_without_val_scored(data), run_dir, seed, VARIANTS[variant])
+                    res["val_top1_after"], res["curves"] = res.pop("top1"), _curves(run_dir)
+                    res["note"] = "test split replaced by the clean val.jsonl: top-1 figures are validation"
+                elif variant == "with_val":
+                    res = run_variant(data, data.parent / f"noval-{variant}", seed, VARIANTS[variant])
+                else:
+                    res = run_variant(_without_val(data), data.parent / f"noval-{variant}", seed, VARIANTS[variant])
                     from capro.engine.predict import evaluate_run
 
                     res["val_top1_after"] = evaluate_run(data.parent / f"noval-{variant}", data=data,
                                                          split="val")["top1"]
-                out = read_json(OUT) if OUT.is_file() else {}  # another process may have added rows
+                out = read_json(out_path) if out_path.is_file() else {}  # another process may have added rows
                 out[key] = {**res, "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                write_json(OUT, out)
-                log(f"{key}: test top-1 {res['top1']:.4f}")
+                write_json(out_path, out)
+                log(f"{key}: top-1 {res.get('top1', res.get('val_top1_after')):.4f}")
     out = read_json(OUT) if OUT.is_file() else {}
     for seed in args.seed:
         for profile in args.profile:
