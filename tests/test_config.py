@@ -14,6 +14,8 @@ def test_defaults_are_the_papers_webvision_values():
     # D22: stage 2 alone averages its weights; the tiny preset's 3-epoch stage 2 does not
     assert (cfg.stage1.ema_epochs, cfg.stage2.ema_epochs, cfg.stage3.ema_epochs) == (0, 5, 0)
     assert load_config(preset="tiny").stage2.ema_epochs == 0
+    # D23: the window is resolved per run from the selecting split; a number overrides it
+    assert cfg.train.select_window is None and load_config(overrides=["train.select_window=5"]).train.select_window == 5
 
 
 def test_preset_then_file_then_overrides(tmp_path):
@@ -41,6 +43,7 @@ def test_int_is_accepted_for_float_and_null_for_optional():
         ("train.amp=fp8", "'train.amp'"),
         ("graph.keep=50", "'graph.keep'"),
         ("stage2.ema_epochs=-1", "'stage2.ema_epochs'"),
+        ("train.select_window=0", "'train.select_window'"),
         ("method.protect_anchors=maybe", "expected true/false"),
         ("justakey", "key.sub=value"),
     ],

@@ -162,6 +162,10 @@ ONLINE_KEEP_RULES = ("paper", "top1")
 """D21's default candidates: the paper's lenient rule and keeping a label only when it is the
 best-scored class (right where the noise is mostly look-alike classes)."""
 
+HOLDOUT_WINDOW = 15
+"""D23's window (``train.select_window``) when held-out rows with web labels select: their score
+is averaged over this many trailing epochs (chosen on validation seeds 100 and 101)."""
+
 ONLINE_EMA_EPOCHS = 5.0
 """D22's default for stage 2: score, keep and hand on the weights averaged over about the last
 5 epochs (chosen on validation seeds 100 and 101 against 0 and 15)."""
@@ -268,6 +272,12 @@ class TrainConfig:
     rule on the raw text), so the held-out labels are cleaner than the crawl's (a class with no
     such row lends its others). ``text`` also takes those rows away from the anchors; on the
     validation seeds it did not select better (BENCHMARKS.md, "Users without a validation split")."""
+    select_window: int | None = None
+    """How many trailing scored epochs a stage's selecting score averages: epoch t is judged by
+    the mean of its score and those of the ``select_window - 1`` scored epochs before it (fewer
+    at the stage's start), so one lucky score on a small or noisy split does not pick the epoch
+    (D23). None (auto): 1 when ``val.jsonl`` (clean labels) selects, :data:`HOLDOUT_WINDOW` when
+    held-out rows scored against their web labels select."""
     val_every: int = 1
     """Score ``val_split`` every this many epochs (and always after the last); 0 = never."""
     keep: str = "best"
@@ -610,7 +620,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
     "train.max_steps_per_epoch": _at_least(0), "train.val_every": _at_least(0),
-    "train.holdout": _within(0, 0.5), "train.holdout_max": _at_least(0),
+    "train.holdout": _within(0, 0.5), "train.holdout_max": _at_least(0), "train.select_window": _at_least(1),
     "clean.pseudo_th": _within(0, 1, open_low=True),
     "openset.threshold": _within(0, 1),
     **{f"{stage}.{key}": rule for stage in ("stage1", "stage2", "stage3") for key, rule in _STAGE_RANGES.items()},

@@ -34,6 +34,18 @@ def test_best_epoch_keeps_the_earliest_of_ties_and_ignores_nan():
     assert BestEpoch.from_state(best.state_dict()) == best
 
 
+def test_best_epoch_judges_by_the_trailing_mean_of_its_window():
+    best = BestEpoch(window=3)
+    judged = [best.judge(s) for s in (0.2, 0.8, float("nan"), 0.5, 0.2, None, 0.9)]
+    # hand-computed: 0.2; (0.2+0.8)/2; NaN skipped; (0.2+0.8+0.5)/3; (0.8+0.5+0.2)/3; None; (0.5+0.2+0.9)/3
+    assert [judged[i] for i in (2, 5)] == [None, None]
+    np.testing.assert_allclose([judged[i] for i in (0, 1, 3, 4, 6)], [0.2, 0.5, 0.5, 0.5, 1.6 / 3])
+    restored = BestEpoch.from_state(best.state_dict(), window=3)
+    assert restored == best and restored.judge(0.3) == best.judge(0.3) == pytest.approx(1.4 / 3)
+    assert BestEpoch.from_state({"epoch": 4, "score": 0.5}).recent == []  # a checkpoint from before D23
+    assert [BestEpoch().judge(s) for s in (0.2, 0.8)] == [0.2, 0.8]  # window 1: the raw score
+
+
 @pytest.mark.parametrize(("every", "due"), [(1, [0, 1, 2, 3, 4]), (2, [1, 3, 4]), (0, [])])
 def test_scorer_due_epochs(every, due):
     scorer = EpochScorer({}, None, False, every=every)

@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from capro.config import load_config
+from capro.config import HOLDOUT_WINDOW, load_config
 from capro.data.layout import Record, Split, read_split
 from capro.engine.runner import run_pipeline
-from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation, trained_split
+from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation, select_window, trained_split
 from capro.report.export import export_run
 from capro.utils.io import read_json, read_jsonl
 
@@ -80,6 +80,11 @@ def test_auto_uses_val_when_present_and_a_holdout_otherwise(tiny_web_data, no_va
     assert v.split == HOLDOUT and len(v.holdout) == 20 and len(v.train) == 180
     assert {r.id for r in v.holdout}.isdisjoint(r.id for r in v.train.records)
     assert [r.id for r in v.train.records] == [r.id for r in train.records if r not in v.holdout]
+    assert (with_val.window, v.window) == (1, HOLDOUT_WINDOW)  # D23: only a noisy split is averaged
+    cfg.train.select_window = 3
+    assert select_window(cfg, "val") == select_window(cfg, HOLDOUT) == 3
+    assert resolve_validation(cfg, tiny_web_data, read_split(tiny_web_data, "train")).window == 3
+    cfg.train.select_window = None
     cfg.train.val_split = "none"
     assert resolve_validation(cfg, no_val_data, train).split is None
     cfg.train.val_split = "val"  # named, but missing: nothing selects, nothing is held out
@@ -92,16 +97,23 @@ def test_run_without_val_selects_on_the_holdout_and_records_it(no_val_data, tmp_
     cfg = load_config(preset="tiny", overrides=["model.backbone=simple_cnn", "train.holdout_from=text"])
     metrics = run_pipeline(no_val_data, run, cfg, progress=False)
     assert metrics["validation"] == {"split": HOLDOUT, "labels": "web (noisy)", "held_out_rows": 20,
+                                     "select_window": HOLDOUT_WINDOW,
                                      "text_verified": 20}  # every label had at least its share
     assert metrics["n_train"] == 180
     held = read_jsonl(run / "holdout.jsonl")
     assert len(held) == 20 and all("held out of training" in r["reason"] for r in held)
     with open(run / "stage1" / "log.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert all(r["holdout_top1"] for r in rows)
-    best = max(range(len(rows)), key=lambda i: (float(rows[i]["holdout_top1"]), -i))
+    # D23: each epoch is judged by the mean of its last HOLDOUT_WINDOW held-out scores
+    raw = [float(r["holdout_top1"]) for r in rows]
+    mean = [float(np.mean(raw[max(0, i + 1 - HOLDOUT_WINDOW):i + 1])) for i in range(len(raw))]
+    np.testing.assert_allclose([float(r[f"holdout_top1_mean{HOLDOUT_WINDOW}"]) for r in rows], mean)
+    best = max(range(len(rows)), key=lambda i: (mean[i], -i))
     assert metrics["stages"]["stage1"]["kept_epoch"] == best
-    assert "selecting epochs on 20 training rows held out" in capsys.readouterr().err
+    assert metrics["stages"]["stage1"]["best_val"] == pytest.approx(mean[best])
+    err = capsys.readouterr().err
+    assert "selecting epochs on 20 training rows held out" in err
+    assert f"judged by the mean of its last {HOLDOUT_WINDOW} scores" in err
     # later commands (capro clean, capro graph match) pick up the rows the run trained on
     rest = trained_split(read_split(no_val_data, "train"), run)
     assert len(rest) == 180 and not {r["id"] for r in held} & {r.id for r in rest.records}

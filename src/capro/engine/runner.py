@@ -86,7 +86,8 @@ default they stay out of the fingerprint, so runs made before the key existed st
 finished (and resume) under the newer code."""
 
 
-def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | None = None) -> dict[str, str]:
+def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | None = None,
+                  window: int = 1) -> dict[str, str]:
     def d(name: str) -> dict[str, Any]:
         """Config section ``name`` as the fingerprint sees it."""
         out = dataclasses.asdict(getattr(cfg, name))
@@ -111,6 +112,8 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | N
         base["train"].update(holdout=cfg.train.holdout, holdout_max=cfg.train.holdout_max)
         if cfg.train.holdout_from != "any":  # the rule before D20 keeps its fingerprint
             base["train"].update(holdout_from=cfg.train.holdout_from)
+    if window != 1:  # D23's window as resolved; 1 keeps the fingerprint runs had before it
+        base["train"].update(select_window=window)
     fps = {"stage1": fingerprint({"base": base, "stage": d("stage1")})}
     fps["features"] = fingerprint({"up": fps["stage1"], "step": "features"})
     fps["anchors"] = fingerprint({"up": fps["features"], "text": d("text"), "graph": d("graph"),
@@ -217,8 +220,8 @@ class _Pipeline:
             if not names:
                 return None
             self._scorer = EpochScorer({s: self.eval_set(s) for s in names}, select, ctx.multi_label,
-                                       every=tc.val_every, device=ctx.dist.device,
-                                       batch_size=tc.eval_batch_size, workers=ctx.cfg.data.workers,
+                                       every=tc.val_every, window=self.validation.window,
+                                       device=ctx.dist.device, batch_size=tc.eval_batch_size, workers=ctx.cfg.data.workers,
                                        amp=ctx.amp)
         return self._scorer
 
@@ -649,7 +652,8 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                      train=train, multi_label=multi, amp=amp_dtype(cfg.train.amp, info.device),
                      resume=resume, progress=info.is_main and (stderr_isatty() if progress is None else progress),
                      log_steps=progress is None)
-    p = _Pipeline(ctx, _fingerprints(cfg, data_root, len(train), validation.split), validation)
+    p = _Pipeline(ctx, _fingerprints(cfg, data_root, len(train), validation.split, validation.window),
+                  validation)
     if validation.verified is not None:
         p.encoded_superset = dataclasses.replace(drawn_from, name=HOLDOUT_DRAW)
     t_run = time.perf_counter()
@@ -692,7 +696,7 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
                    "final_stage": final_stage, "multi_label": multi, "world_size": info.world_size,
                    "n_train": len(train), "stages": p.stages,
                    "validation": {"split": validation.split, "labels": validation.labels,
-                                  "held_out_rows": len(validation.holdout),
+                                  "held_out_rows": len(validation.holdout), "select_window": validation.window,
                                   **({} if validation.verified is None else {"text_verified": validation.verified})},
                    "seconds": round(time.perf_counter() - t_run, 3), **p.openset(model)}
         if p.guard is not None:

@@ -8,6 +8,12 @@ of the stage, the weights and the online-cleaning state are written to ``RUN/<st
 and with ``train.keep=best`` the stage ends with them. Curve splits (the benchmarks put ``test``
 there) are recorded for plots and never select anything (D7).
 
+With ``train.select_window`` = w > 1 (D23; the default when held-out rows with web labels
+select), an epoch is judged by the mean of its selecting score and those of the w - 1 scored
+epochs before it (``log.csv`` column ``<split>_<metric>_mean<w>``): the best of a hundred noisy
+scores is mostly the luckiest one, and the mean of neighbouring epochs of a smoothly changing
+(averaged, D22) model is not.
+
 Scoring runs under a forked RNG, so a run with validation trains exactly like one without.
 """
 
@@ -40,6 +46,8 @@ class EpochScorer:
     select: str | None
     multi_label: bool
     every: int = 1
+    window: int = 1
+    """Trailing scored epochs the selecting score averages (D23; :class:`BestEpoch`)."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 256
     workers: int = 0
@@ -74,10 +82,23 @@ class EpochScorer:
 
 @dataclass
 class BestEpoch:
-    """The best selecting score seen so far in a stage (kept in ``last.pt`` for resume)."""
+    """The best selecting score seen so far in a stage (kept in ``last.pt`` for resume).
+
+    ``window``: the score of an epoch is the mean of the last ``window`` scores passed to
+    :meth:`judge` (fewer at the stage's start); ``recent`` holds them."""
 
     epoch: int | None = None
     score: float | None = None
+    window: int = 1
+    recent: list[float] = field(default_factory=list)
+
+    def judge(self, score: float | None) -> float | None:
+        """Record this epoch's raw ``score``; return the score it is judged by (the trailing mean,
+        None when the score is missing or NaN, which leaves the window as it was)."""
+        if score is None or score != score:
+            return None
+        self.recent = [*self.recent, float(score)][-self.window:]
+        return sum(self.recent) / len(self.recent)
 
     def improves(self, score: float | None) -> bool:
         """Whether ``score`` beats the best so far (ties keep the earlier epoch)."""
@@ -89,8 +110,9 @@ class BestEpoch:
         self.epoch, self.score = epoch, score
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "score": self.score}
+        return {"epoch": self.epoch, "score": self.score, "recent": list(self.recent)}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any] | None) -> BestEpoch:
-        return cls(**state) if state else cls()
+    def from_state(cls, state: dict[str, Any] | None, window: int = 1) -> BestEpoch:
+        """From :meth:`state_dict` (a checkpoint from before D23 has no ``recent``)."""
+        return cls(**{**(state or {}), "window": window})

@@ -292,7 +292,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     log = EpochLog(stage_dir, enabled=ctx.is_main)
     bad = ctx.bad_image_log(name)
     last, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
-    best = BestEpoch()
+    window = scorer.window if scorer is not None else 1
+    best = BestEpoch(window=window)
     ck: dict | None = None  # the checkpoint resumed from
     if ctx.resume and last.is_file():
         ck = load_checkpoint(last)
@@ -308,7 +309,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
         elapsed = float(ck.get("elapsed", 0.0))
         cleaning = CleaningState.from_state(ck["cleaning"])
         stats = EpochStats(**ck["stats"])
-        best = BestEpoch.from_state(ck.get("best"))
+        best = BestEpoch.from_state(ck.get("best"), window)
         set_rng_state(ck["rng"])
         log.restore(start_epoch)
         bad.start(resume_at=(start_epoch, start_step))
@@ -345,12 +346,16 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             return {}
         with average.applied(model) if average else nullcontext(model) as scored:
             scores = scorer(scored)
-            value = scores.get(scorer.column) if scorer.column else None
+            raw = scores.get(scorer.column) if scorer.column else None
+            value = best.judge(raw)
+            if window > 1 and value is not None:
+                scores[f"{scorer.column}_mean{window}"] = value
             if best.improves(value):
                 best.update(epoch, value)
                 if ctx.is_main:
                     save_checkpoint(best_path, {"fingerprint": fingerprint, "stage": name, "epoch": epoch,
-                                                "score": value, "metric": scorer.column,
+                                                "score": value, "raw_score": raw, "metric": scorer.column,
+                                                "window": window,
                                                 "model": scored.state_dict(), "cleaning": cleaning.state_dict()})
         return scores
 
@@ -419,7 +424,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             model.load_state_dict(ck["model"])
             cleaning = CleaningState.from_state(ck["cleaning"])
             kept_epoch = int(ck["epoch"])
-            best = BestEpoch(kept_epoch, float(ck["score"]))
+            best = BestEpoch(kept_epoch, float(ck["score"]), window)
     if ctx.is_main:
         save_checkpoint(stage_dir / "checkpoint.pt", {
             "fingerprint": fingerprint, "stage": name, "model": model.state_dict(),

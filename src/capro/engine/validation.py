@@ -38,6 +38,8 @@ class Validation:
     holdout: list[Record]
     verified: int | None = None
     """Held-out rows whose text prefers their web label (D20), when that was asked."""
+    window: int = 1
+    """Trailing scored epochs the selecting score averages (D23, :func:`select_window`)."""
 
     @property
     def labels(self) -> str:
@@ -47,12 +49,25 @@ class Validation:
         """One line for the run's log."""
         if self.split is None:
             return "validation: no validation split; every stage keeps its last epoch"
+        mean = "" if self.window == 1 else (f"; each epoch judged by the mean of its last {self.window} "
+                                             f"scores (train.select_window)")
         if self.split == HOLDOUT:
             which = "" if self.verified is None else (
                 f", {self.verified} of them rows whose web text prefers their web label (train.holdout_from=text)")
             return (f"validation: no val.jsonl; selecting epochs on {len(self.holdout)} training rows held "
-                    f"out of training (train.holdout){which}, scored against their web labels (noisy)")
-        return f"validation: selecting epochs on {self.split}.jsonl (labels taken as clean)"
+                    f"out of training (train.holdout){which}, scored against their web labels (noisy){mean}")
+        return f"validation: selecting epochs on {self.split}.jsonl (labels taken as clean){mean}"
+
+
+def select_window(cfg, split: str | None) -> int:
+    """D23: how many trailing scored epochs the selecting score of ``split`` averages
+    (``train.select_window``; auto: :data:`~capro.config.HOLDOUT_WINDOW` for held-out rows scored
+    against web labels, 1 for a split with clean labels)."""
+    from capro.config import HOLDOUT_WINDOW
+
+    if cfg.train.select_window is not None:
+        return int(cfg.train.select_window)
+    return HOLDOUT_WINDOW if split == HOLDOUT else 1
 
 
 def holdout_rows(records: list[Record], *, share: float, most: int, seed: int,
@@ -88,6 +103,13 @@ def resolve_validation(cfg, data_root: str | os.PathLike, train: Split, *,
 
     ``eligible``: called only when rows are held out under ``train.holdout_from=text``, it gives
     the [N] bool rows that may be (:func:`text_verified`)."""
+    plan = _plan(cfg, data_root, train, eligible)
+    return dataclasses.replace(plan, window=select_window(cfg, plan.split)) if plan.split else plan
+
+
+def _plan(cfg, data_root: str | os.PathLike, train: Split,
+          eligible: Callable[[], np.ndarray] | None) -> Validation:
+    """:func:`resolve_validation` before the window."""
     tc = cfg.train
     present = set(available_splits(Path(data_root))) - {"train"}
     if tc.val_split == "none" or tc.val_every == 0:
