@@ -11,7 +11,13 @@ import pytest
 from capro.config import HOLDOUT_WINDOW, load_config
 from capro.data.layout import Record, Split, read_split
 from capro.engine.runner import run_pipeline
-from capro.engine.validation import HOLDOUT, holdout_rows, resolve_validation, select_window, trained_split
+from capro.engine.validation import (
+    HOLDOUT,
+    holdout_rows,
+    resolve_validation,
+    select_window,
+    trained_split,
+)
 from capro.report.export import export_run
 from capro.utils.io import read_json, read_jsonl
 
