@@ -9,6 +9,11 @@ def test_epoch_line_names_loss_scores_time_and_rates():
     assert pg.epoch_line("stage2", 4, 110, row) == (
         "stage2 epoch 5/110: loss 1.2346, val_top1 0.8120, 0.9 s (input 17,000 img/s, step 2,100 img/s)")
     assert pg.epoch_line("stage1", 0, 2, {"loss": 2.0, "seconds": 1.0}) == "stage1 epoch 1/2: loss 2.0000, 1.0 s"
+    # a run without val.jsonl shows its held-out score and the mean that selects (D23), not the losses
+    row = {"loss": 2.0, "loss_cls": 1.5, "holdout_top1": 0.5, "holdout_top1_mean15": 0.45, "test_top1": 0.7,
+           "seconds": 1.0}
+    assert pg.epoch_line("stage2", 0, 2, row) == (
+        "stage2 epoch 1/2: loss 2.0000, holdout_top1 0.5000, holdout_top1_mean15 0.4500, test_top1 0.7000, 1.0 s")
 
 
 def test_stage_line_says_which_part_bounds_training():

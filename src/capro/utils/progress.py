@@ -7,8 +7,12 @@ stdout is redirected, so that ``capro demo > log`` shows the run as it goes.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TextIO
+
+_SCORE = re.compile(r"_(top1|mAP_macro)(_mean\d+)?$")
+"""``log.csv`` score columns: ``<split>_<metric>`` and D23's ``<split>_<metric>_mean<w>``."""
 
 _STREAM: TextIO | None = None
 
@@ -29,9 +33,10 @@ def progress(message: str) -> None:
 
 
 def epoch_line(stage: str, epoch: int, epochs: int, row: dict) -> str:
-    """``stage2 epoch 5/110: loss 1.2345, val_top1 0.8120, 0.9 s (input 17,000 img/s, step 2,100 img/s)``."""
+    """``stage2 epoch 5/110: loss 1.2345, val_top1 0.8120, 0.9 s (input 17,000 img/s, step 2,100 img/s)``
+    (every score column of the row: any split, its D23 trailing mean too)."""
     parts = [f"loss {row['loss']:.4f}"] if "loss" in row else []
-    parts += [f"{k} {row[k]:.4f}" for k in row if k.startswith(("val_", "test_")) and isinstance(row[k], float)]
+    parts += [f"{k} {row[k]:.4f}" for k in row if _SCORE.search(k) and isinstance(row[k], float)]
     rates = ""
     if row.get("input_img_s") or row.get("step_img_s"):
         rates = f" (input {row.get('input_img_s', 0):,.0f} img/s, step {row.get('step_img_s', 0):,.0f} img/s)"
