@@ -2,6 +2,8 @@
 
     python benchmarks/no_val.py --profile web hard --seed 0
     python benchmarks/no_val.py --seed 100 101 --variants without_val_text without_val_any
+    python benchmarks/no_val.py --seed 100 101 --variants without_val_any --val-curve   # D23's choice
+    python benchmarks/no_val.py --windows 1 3 5 7 9 11 15 21
 
 For each profile, ``capro-ft`` of the ``long`` size with the defaults users get (``train.keep=best``,
 D12, ``train.val_split=auto``) runs twice on the same simulated data: once with its clean
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 from common import RESULTS, SIZES, machine_info, row_overrides  # noqa: E402
 from quality import DEFAULT_WORK, ensure_data, log  # noqa: E402
 
@@ -84,6 +87,44 @@ def _curves(run_dir: Path) -> dict:
     return out
 
 
+def chosen_by_window(curves: dict, window: int | None) -> tuple[str, int, float]:
+    """What stage 2 would have handed on under D21 and a selecting window (None: each branch's
+    last epoch): (branch, epoch, clean validation top-1 there). ``curves``: one ``--val-curve``
+    run's ``curves`` (per branch ``holdout_top1`` and ``test_top1``, the latter clean val)."""
+    best = None
+    for branch, c in curves.items():
+        if branch == "stage2":  # the published copy of the chosen branch
+            continue
+        held = np.asarray(c["holdout_top1"], dtype=float)
+        if window is None:
+            epoch, score = len(held) - 1, held[-1]
+        else:
+            means = np.array([held[max(0, i + 1 - window):i + 1].mean() for i in range(len(held))])
+            epoch = int(np.argmax(means))
+            score = means[epoch]
+        if best is None or score > best[0]:
+            best = (score, branch, epoch, float(c["test_top1"][epoch]))
+    return best[1], best[2], best[3]
+
+
+def window_table(windows: list[int]) -> str:
+    """Markdown: clean validation top-1 of stage 2's pick per window (columns) and run (rows)."""
+    data = read_json(OUT_CURVES)
+    cols = [*windows, None]
+    head = ["run", *[f"w = {w}" if w else "last epoch" for w in cols]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    picks = {w: [] for w in cols}
+    for key, res in sorted(data.items()):
+        cells = []
+        for w in cols:
+            branch, epoch, val = chosen_by_window(res["curves"], w)
+            picks[w].append(val)
+            cells.append(f"{100 * val:.1f} ({branch} {epoch})")
+        lines.append(f"| {key.split('/without')[0]} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{100 * np.mean(picks[w]):.2f}**" for w in cols) + " |")
+    return "\n".join(lines)
+
+
 def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = None) -> dict:
     from capro.config import load_config
     from capro.engine.runner import run_pipeline
@@ -108,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-curve", action="store_true",
                    help="runs without val.jsonl score the clean val.jsonl after every epoch in place of "
                         "test (validation seeds only; keys end in /valcurve, per-epoch curves recorded)")
+    p.add_argument("--windows", type=int, nargs="*",
+                   help="print the table choosing D23's window from the --val-curve runs and exit")
     args = p.parse_args(argv)
+    if args.windows:
+        print(window_table(args.windows))
+        return 0
     out_path = OUT_CURVES if args.val_curve else OUT
     for seed in args.seed:
         for profile in args.profile:
