@@ -34,16 +34,23 @@ def test_best_epoch_keeps_the_earliest_of_ties_and_ignores_nan():
     assert BestEpoch.from_state(best.state_dict()) == best
 
 
-def test_best_epoch_judges_by_the_trailing_mean_of_its_window():
+def test_best_epoch_judges_by_the_trailing_mean_of_a_full_window():
     best = BestEpoch(window=3)
-    judged = [best.judge(s) for s in (0.2, 0.8, float("nan"), 0.5, 0.2, None, 0.9)]
-    # hand-computed: 0.2; (0.2+0.8)/2; NaN skipped; (0.2+0.8+0.5)/3; (0.8+0.5+0.2)/3; None; (0.5+0.2+0.9)/3
-    assert [judged[i] for i in (2, 5)] == [None, None]
-    np.testing.assert_allclose([judged[i] for i in (0, 1, 3, 4, 6)], [0.2, 0.5, 0.5, 0.5, 1.6 / 3])
+    judged = [best.judge(s) for s in (0.9, 0.2, float("nan"), 0.5, 0.2, None, 0.9)]
+    # hand-computed: no judgement before three scores (a lucky first score cannot win), NaN and
+    # None skipped; then (0.9+0.2+0.5)/3, (0.2+0.5+0.2)/3, (0.5+0.2+0.9)/3
+    assert [judged[i] for i in (0, 1, 2, 5)] == [None] * 4
+    np.testing.assert_allclose([judged[i] for i in (3, 4, 6)], [1.6 / 3, 0.3, 1.6 / 3])
     restored = BestEpoch.from_state(best.state_dict(), window=3)
     assert restored == best and restored.judge(0.3) == best.judge(0.3) == pytest.approx(1.4 / 3)
     assert BestEpoch.from_state({"epoch": 4, "score": 0.5}).recent == []  # a checkpoint from before D23
     assert [BestEpoch().judge(s) for s in (0.2, 0.8)] == [0.2, 0.8]  # window 1: the raw score
+
+
+@pytest.mark.parametrize(("window", "epochs", "every", "want"),
+                         [(15, 110, 1, 15), (15, 10, 1, 10), (15, 2, 1, 2), (3, 10, 2, 3), (15, 10, 2, 5), (1, 5, 1, 1)])
+def test_a_stage_shorter_than_the_window_uses_all_its_scored_epochs(window, epochs, every, want):
+    assert EpochScorer({}, "holdout", False, every=every, window=window).window_for(epochs) == want
 
 
 @pytest.mark.parametrize(("every", "due"), [(1, [0, 1, 2, 3, 4]), (2, [1, 3, 4]), (0, [])])

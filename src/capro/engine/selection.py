@@ -12,7 +12,9 @@ With ``train.select_window`` = w > 1 (D23; the default when held-out rows with w
 select), an epoch is judged by the mean of its selecting score and those of the w - 1 scored
 epochs before it (``log.csv`` column ``<split>_<metric>_mean<w>``): the best of a hundred noisy
 scores is mostly the luckiest one, and the mean of neighbouring epochs of a smoothly changing
-(averaged, D22) model is not.
+(averaged, D22) model is not. Only epochs with a full window compete (a stage with fewer scored
+epochs than w uses all of them as its window, so it keeps its last epoch): a mean over the
+stage's first one or two epochs would be as lucky as a single score.
 
 Scoring runs under a forked RNG, so a run with validation trains exactly like one without.
 """
@@ -62,6 +64,11 @@ class EpochScorer:
         """The ``log.csv`` column that selects, e.g. ``val_top1``."""
         return None if self.select is None else f"{self.select}_{self.metric}"
 
+    def window_for(self, epochs: int) -> int:
+        """The window of a stage of ``epochs`` epochs: ``window``, or all its scored epochs when
+        it has fewer (at least 1)."""
+        return max(1, min(self.window, sum(self.due(e, epochs) for e in range(epochs))))
+
     def due(self, epoch: int, epochs: int) -> bool:
         """Whether epoch ``epoch`` (0-based) of ``epochs`` is scored."""
         return self.every > 0 and ((epoch + 1) % self.every == 0 or epoch + 1 == epochs)
@@ -85,7 +92,8 @@ class BestEpoch:
     """The best selecting score seen so far in a stage (kept in ``last.pt`` for resume).
 
     ``window``: the score of an epoch is the mean of the last ``window`` scores passed to
-    :meth:`judge` (fewer at the stage's start); ``recent`` holds them."""
+    :meth:`judge`, and an epoch without that many (the stage's first ``window - 1`` scored ones)
+    is not judged; ``recent`` holds them."""
 
     epoch: int | None = None
     score: float | None = None
@@ -93,12 +101,13 @@ class BestEpoch:
     recent: list[float] = field(default_factory=list)
 
     def judge(self, score: float | None) -> float | None:
-        """Record this epoch's raw ``score``; return the score it is judged by (the trailing mean,
-        None when the score is missing or NaN, which leaves the window as it was)."""
+        """Record this epoch's raw ``score``; return the score it is judged by: the trailing mean,
+        or None before the window is full or when the score is missing or NaN (which leaves the
+        window as it was)."""
         if score is None or score != score:
             return None
         self.recent = [*self.recent, float(score)][-self.window:]
-        return sum(self.recent) / len(self.recent)
+        return sum(self.recent) / self.window if len(self.recent) == self.window else None
 
     def improves(self, score: float | None) -> bool:
         """Whether ``score`` beats the best so far (ties keep the earlier epoch)."""

@@ -292,7 +292,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     log = EpochLog(stage_dir, enabled=ctx.is_main)
     bad = ctx.bad_image_log(name)
     last, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
-    window = scorer.window if scorer is not None else 1
+    window = scorer.window_for(st.epochs) if scorer is not None else 1
     best = BestEpoch(window=window)
     ck: dict | None = None  # the checkpoint resumed from
     if ctx.resume and last.is_file():
