@@ -274,10 +274,11 @@ class TrainConfig:
     validation seeds it did not select better (BENCHMARKS.md, "Users without a validation split")."""
     select_window: int | None = None
     """How many trailing scored epochs a stage's selecting score averages: epoch t is judged by
-    the mean of its score and those of the ``select_window - 1`` scored epochs before it (fewer
-    at the stage's start), so one lucky score on a small or noisy split does not pick the epoch
-    (D23). None (auto): 1 when ``val.jsonl`` (clean labels) selects, :data:`HOLDOUT_WINDOW` when
-    held-out rows scored against their web labels select."""
+    the mean of its score and those of the ``select_window - 1`` scored epochs before it, and only
+    epochs with a full window compete (a stage with fewer scored epochs keeps its last), so one
+    lucky score on a small or noisy split does not pick the epoch (D23). None (auto): 1 when
+    ``val.jsonl`` (clean labels) selects, :data:`HOLDOUT_WINDOW` when held-out rows scored
+    against their web labels select."""
     val_every: int = 1
     """Score ``val_split`` every this many epochs (and always after the last); 0 = never."""
     keep: str = "best"
