@@ -99,7 +99,8 @@ def chosen_by_window(curves: dict, window: int | None) -> tuple[str, int, float]
         if window is None:
             epoch, score = len(held) - 1, held[-1]
         else:
-            means = np.array([held[max(0, i + 1 - window):i + 1].mean() for i in range(len(held))])
+            w = min(window, len(held))  # D23: only full windows compete
+            means = np.array([held[i + 1 - w:i + 1].mean() if i + 1 >= w else -np.inf for i in range(len(held))])
             epoch = int(np.argmax(means))
             score = means[epoch]
         if best is None or score > best[0]:
