@@ -185,8 +185,8 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
         "oracle": ce,
         "ce-ema": [*ce, "stage1.ema_epochs=5"],
         "vanilla": _one_stage(size),
-        # MoPro as published: one stage 2 under its keep rule (no D21)
-        "mopro": [*_two_stage(size), "method.prototypes=all", "method.keep_rules=[]"],
+        # MoPro as published: one stage 2 under its keep rule (no D21), no weight average (no D22)
+        "mopro": [*_two_stage(size), "method.prototypes=all", "method.keep_rules=[]", "stage2.ema_epochs=0"],
         "capro-random-anchors": [*_two_stage(size), "match.anchors=random"],
         "capro-no-enhance": [*_two_stage(size), "graph.enhance=false"],
         "capro": _two_stage(size),

@@ -55,6 +55,9 @@ def test_rows_differ_only_where_benchmark_md_says():
     assert long["capro-ft-s2last"].clean.stage2_checkpoint == "kept" and long["capro-ft"].train.keep == "last"
     assert cfg["vanilla"].method.bootstrap == "collective" and cfg["vanilla"].stage2.epochs == 0
     assert cfg["mopro"].method.prototypes == "all"
+    # MoPro as published: one stage 2 (no D21), no weight average (no D22); CAPro rows average
+    assert cfg["mopro"].method.keep_rules == [] and cfg["mopro"].stage2.ema_epochs == 0
+    assert cfg["capro"].stage2.ema_epochs == 5
     assert cfg["capro-random-anchors"].match.anchors == "random"
     assert cfg["capro-no-enhance"].graph.enhance is False
     for row in ("mopro", "capro-random-anchors", "capro-no-enhance", "capro-ft"):
