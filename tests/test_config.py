@@ -14,6 +14,7 @@ def test_defaults_are_the_papers_webvision_values():
     # D22: stage 2 alone averages its weights; the tiny preset's 3-epoch stage 2 does not
     assert (cfg.stage1.ema_epochs, cfg.stage2.ema_epochs, cfg.stage3.ema_epochs) == (0, 5, 0)
     assert load_config(preset="tiny").stage2.ema_epochs == 0
+    assert (cfg.stage1.ema_max_share, cfg.stage2.ema_max_share) == (0.05, 0.05)  # D24
     # D23: the window is resolved per run from the selecting split; a number overrides it
     assert cfg.train.select_window is None and load_config(overrides=["train.select_window=5"]).train.select_window == 5
 
@@ -44,6 +45,7 @@ def test_int_is_accepted_for_float_and_null_for_optional():
         ("graph.keep=50", "'graph.keep'"),
         ("stage2.ema_epochs=-1", "'stage2.ema_epochs'"),
         ("train.select_window=0", "'train.select_window'"),
+        ("stage2.ema_max_share=0", "'stage2.ema_max_share'"),
         ("method.protect_anchors=maybe", "expected true/false"),
         ("justakey", "key.sub=value"),
     ],

@@ -222,6 +222,9 @@ class StageConfig:
     ema_epochs: float = 0.0
     """Score, keep and hand on an exponential moving average of the weights over about this many
     epochs instead of the last step's weights (D22, :mod:`capro.engine.averaging`); 0 = off."""
+    ema_max_share: float = 0.05
+    """... but over at most this share of the stage's epochs (D24): in a short stage the network
+    still changes fast and a long average lags behind it (5 of 110 epochs; 0.4 of 8)."""
 
 
 def _stage1() -> StageConfig:
@@ -599,7 +602,7 @@ _STAGE_RANGES: dict[str, tuple[Any, str]] = {
     "epochs": _at_least(0), "lr": _at_least(0), "warmup_epochs": _at_least(0), "batch_size": _at_least(1),
     "frozen_encoder_epoch": _at_least(0), "init_proto_epoch": _at_least(0), "start_clean_epoch": _at_least(0),
     "w_inst": _at_least(0), "w_recn": _at_least(0), "w_proto": _at_least(0), "mixup_alpha": _above(0),
-    "ema_epochs": _at_least(0),
+    "ema_epochs": _at_least(0), "ema_max_share": _within(0, 1, open_low=True),
 }
 # Allowed values of every numeric key (None values are not checked: they mean "never" / "decide").
 _RANGES: dict[str, tuple[Any, str]] = {

@@ -8,7 +8,7 @@ import torch
 from test_engine_resume import TINY_RUN_OVERRIDES, kill_in
 from torch import nn
 
-from capro.engine.averaging import WeightAverage, averaged_keys, ema_decay
+from capro.engine.averaging import WeightAverage, averaged_keys, ema_decay, ema_horizon
 
 
 class _Toy(nn.Module):
@@ -24,6 +24,13 @@ def test_averaged_keys_are_the_inference_weights_and_bn_statistics():
     keys = averaged_keys(_Toy())
     assert keys == ["encoder_q.0.weight", "encoder_q.0.bias", "encoder_q.1.weight", "encoder_q.1.bias",
                     "encoder_q.1.running_mean", "encoder_q.1.running_var"]
+
+
+def test_ema_horizon_is_capped_at_a_share_of_the_stage():
+    # D24: the long protocol's 110-epoch stage 2 keeps D22's 5 epochs; the cpu preset's 8 get 0.4
+    assert ema_horizon(5, 110, 0.05) == 5.0
+    assert ema_horizon(5, 8, 0.05) == pytest.approx(0.4)
+    assert ema_horizon(0, 8, 0.05) == 0.0 and ema_horizon(5, 8, 1.0) == 5.0
 
 
 def test_ema_decay_by_hand():
@@ -75,6 +82,7 @@ def test_a_run_scores_keeps_and_hands_on_the_average(tiny_web_data, tmp_path):
     from capro.engine.stages import load_weights
 
     cfg = load_config(preset="tiny", overrides=[*TINY_RUN_OVERRIDES, "stage2.ema_epochs=1", "stage2.epochs=4",
+                                                "stage2.ema_max_share=1",
                                                 "stage3.epochs=0", "train.keep=last"])
 
     run = tmp_path / "run"
@@ -100,5 +108,6 @@ def test_a_run_scores_keeps_and_hands_on_the_average(tiny_web_data, tmp_path):
 def test_sigkill_inside_an_averaged_stage2_then_resume_matches_uninterrupted(tiny_web_data, tmp_path):
     from _launch import assert_resume_matches
 
-    cmd, run, ref_run, ref = kill_in(tiny_web_data, tmp_path, ["stage2.ema_epochs=2", "stage3.epochs=0"], "stage2")
+    cmd, run, ref_run, ref = kill_in(tiny_web_data, tmp_path, ["stage2.ema_epochs=2", "stage2.ema_max_share=1",
+                                                              "stage3.epochs=0"], "stage2")
     assert_resume_matches(cmd, run, ref_run, ref)

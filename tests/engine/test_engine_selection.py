@@ -150,6 +150,18 @@ def test_later_keys_at_their_default_leave_fingerprints_unchanged(tiny_web_data,
                                 tiny_web_data, 200)
     assert "stage2_checkpoint" not in seen[4]["clean"]  # a run made before the key existed matches
     assert [k for k in base if kept[k] != base[k]] == ["stage3a", "stage3b"]
+    # D24: the cap stays out of a stage's fingerprint unless it changes the average (then the
+    # horizon goes in: a short stage averaged before D24 must not resume under it)
+    seen.clear()
+    runner._fingerprints(load_config(preset="tiny", overrides=["stage2.epochs=110", "stage2.ema_epochs=5"]),
+                         tiny_web_data, 200)
+    assert {"ema_horizon", "ema_max_share"}.isdisjoint(seen[3]["stage"]) and seen[3]["stage"]["ema_epochs"] == 5
+    seen.clear()
+    short = runner._fingerprints(load_config(preset="tiny", overrides=["stage2.epochs=8", "stage2.ema_epochs=5"]),
+                                 tiny_web_data, 200)
+    assert seen[3]["stage"]["ema_horizon"] == pytest.approx(0.4) and "ema_max_share" not in seen[3]["stage"]
+    assert short["stage2"] != runner._fingerprints(load_config(preset="tiny", overrides=[
+        "stage2.epochs=8", "stage2.ema_epochs=5", "stage2.ema_max_share=1"]), tiny_web_data, 200)["stage2"]
 
 
 def test_fine_tune_guard_hands_on_stage2_when_the_fine_tune_scores_lower(tiny_web_data, tmp_path):

@@ -26,6 +26,12 @@ _NOT_AVERAGED = ("encoder_k.", "projection_k.")
 _BN_STATS = ("running_mean", "running_var")
 
 
+def ema_horizon(ema_epochs: float, epochs: int, max_share: float) -> float:
+    """Epochs the average of a stage of ``epochs`` epochs spans: ``ema_epochs``, at most
+    ``max_share`` of the stage (D24); 0 = no average."""
+    return min(float(ema_epochs), max_share * epochs)
+
+
 def ema_decay(ema_epochs: float, steps_per_epoch: int) -> float:
     """Per-step decay of an average over about ``ema_epochs`` epochs of ``steps_per_epoch`` steps."""
     return max(0.0, 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0))

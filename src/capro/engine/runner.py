@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from capro.config import ONLINE_KEEP_RULES, Config, save_config, to_dict
+from capro.config import ONLINE_KEEP_RULES, Config, StageConfig, save_config, to_dict
 from capro.data.layout import ClassInfo, Split, available_splits, read_classes
 from capro.data.validate import load_split_for_run, read_truth
 from capro.engine.artefacts import write_run_artefacts
+from capro.engine.averaging import ema_horizon
 from capro.engine.checkpoint import load_checkpoint, seed_everything
 from capro.engine.distributed import DistInfo, amp_dtype, init_distributed, peer_failures
 from capro.engine.evaluate import OPENSET_FILE, evaluate_model, evaluate_openset
@@ -80,7 +81,8 @@ LATER_KEYS: dict[str, dict[str, Any]] = {"data": {"augment": "per_image", "cache
                                                    "recall_queries": 1000},
                                          "match": {"score": "distance", "temperature": 0.05,
                                                    "min_margin": None, "min_anchors": 20},
-                                         **{stage: {"ema_epochs": 0.0} for stage in ("stage1", "stage2", "stage3")}}
+                                         **{stage: {"ema_epochs": 0.0, "ema_max_share": 0.05}
+                                            for stage in ("stage1", "stage2", "stage3")}}
 """Config keys added after runs were fingerprinted without them, with their default: at that
 default they stay out of the fingerprint, so runs made before the key existed still count as
 finished (and resume) under the newer code."""
@@ -90,10 +92,15 @@ def _fingerprints(cfg: Config, data_root: Path, n_train: int, val_split: str | N
                   window: int = 1) -> dict[str, str]:
     def d(name: str) -> dict[str, Any]:
         """Config section ``name`` as the fingerprint sees it."""
-        out = dataclasses.asdict(getattr(cfg, name))
+        section = getattr(cfg, name)
+        out = dataclasses.asdict(section)
         for key, default in LATER_KEYS.get(name, {}).items():
             if out.get(key) == default:
                 out.pop(key)
+        if isinstance(section, StageConfig):  # D24: a capped average trains otherwise than before
+            horizon = ema_horizon(section.ema_epochs, section.epochs, section.ema_max_share)
+            if horizon != section.ema_epochs:
+                out["ema_horizon"] = horizon
         return out
 
     base = {

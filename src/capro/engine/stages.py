@@ -40,7 +40,7 @@ from capro.data.batched import (
 )
 from capro.data.datasets import EvalDataset, TrainDataset, label_targets
 from capro.data.layout import ClassInfo, Split
-from capro.engine.averaging import WeightAverage, ema_decay
+from capro.engine.averaging import WeightAverage, ema_decay, ema_horizon
 from capro.engine.bad_images import BadImageLog, bad_images
 from capro.engine.checkpoint import (
     check_resume_batch,
@@ -319,12 +319,15 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
         if ctx.is_main:
             best_path.unlink(missing_ok=True)
     model.to(device)
-    average = WeightAverage(model, ema_decay(st.ema_epochs, steps)) if st.ema_epochs > 0 else None
+    horizon = ema_horizon(st.ema_epochs, st.epochs, st.ema_max_share)
+    average = WeightAverage(model, ema_decay(horizon, steps)) if horizon > 0 else None
     if average is not None and ck is not None:
         average.load_state_dict(ck["average"])
     if average is not None and ctx.is_main and start_epoch < st.epochs:
-        progress(f"{name}: scores and hands on its weights averaged over about {st.ema_epochs:g} "
-                 f"epochs ({name}.ema_epochs, D22)")
+        capped = "" if horizon == st.ema_epochs else (f", {name}.ema_epochs={st.ema_epochs:g} capped at "
+                                                       f"{name}.ema_max_share of {st.epochs} epochs, D24")
+        progress(f"{name}: scores and hands on its weights averaged over about {horizon:.3g} "
+                 f"epochs ({name}.ema_epochs, D22{capped})")
     t_start = time.perf_counter()
 
     def save(epoch: int, step: int, epoch_stats: EpochStats) -> None:
