@@ -73,7 +73,7 @@ def _val_column(log) -> list[float]:
         return [float(r["val_top1"]) for r in csv.DictReader(fh)]
 
 
-def test_a_run_scores_keeps_and_hands_on_the_average(tiny_web_data, tmp_path):
+def test_a_run_scores_keeps_and_hands_on_the_average(tiny_web_data, tmp_path, capsys):
     from capro.config import load_config
     from capro.data.batched import make_eval_dataset
     from capro.data.layout import read_split
@@ -87,6 +87,8 @@ def test_a_run_scores_keeps_and_hands_on_the_average(tiny_web_data, tmp_path):
 
     run = tmp_path / "run"
     run_pipeline(tiny_web_data, run, cfg, progress=False)
+    assert "stage2: scores and hands on its weights averaged over about 1 epochs (stage2.ema_epochs, D22)" \
+        in capsys.readouterr().err
     last = torch.load(run / "stage2" / "last.pt", weights_only=True)
     final = torch.load(run / "model.pt", weights_only=True)["model"]
     keys = list(last["average"]["weights"])

@@ -324,10 +324,10 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     if average is not None and ck is not None:
         average.load_state_dict(ck["average"])
     if average is not None and ctx.is_main and start_epoch < st.epochs:
-        capped = "" if horizon == st.ema_epochs else (f", {name}.ema_epochs={st.ema_epochs:g} capped at "
-                                                       f"{name}.ema_max_share of {st.epochs} epochs, D24")
-        progress(f"{name}: scores and hands on its weights averaged over about {horizon:.3g} "
-                 f"epochs ({name}.ema_epochs, D22{capped})")
+        why = f"{name}.ema_epochs, D22" if horizon == st.ema_epochs else (
+            f"{name}.ema_epochs={st.ema_epochs:g}, capped at {name}.ema_max_share={st.ema_max_share:g} "
+            f"of its {st.epochs} epochs; D22, D24")
+        progress(f"{name}: scores and hands on its weights averaged over about {horizon:.3g} epochs ({why})")
     t_start = time.perf_counter()
 
     def save(epoch: int, step: int, epoch_stats: EpochStats) -> None:
