@@ -32,20 +32,22 @@ OUT_CURVES = RESULTS / "no_val_curves.json"
 """``--val-curve`` runs: per-epoch curves of runs without ``val.jsonl`` scored on it (validation seeds)."""
 
 
-def _without_val(data: Path) -> Path:
-    """A copy of ``data`` (images linked) without ``val.jsonl``."""
-    dst = data.parent / "data-noval"
+def _without_val(data: Path, *, val_as_test: bool = False) -> Path:
+    """A copy of ``data`` (images linked) without ``val.jsonl``. ``val_as_test``: its ``test.jsonl``
+    is the clean ``val.jsonl``, so a validation seed's run records its clean validation score
+    after every epoch (the ``test_top1`` curve) without ever selecting on it, and epoch-selection
+    rules can be compared on validation data."""
+    dst = data.parent / ("data-noval-valcurve" if val_as_test else "data-noval")
     if not (dst / "train.jsonl").is_file():
         dst.mkdir(parents=True, exist_ok=True)
         for f in data.iterdir():
-            if f.name in ("val.jsonl", "images"):
-                continue
-            if f.is_file():
+            if f.is_file() and f.name not in ("val.jsonl", *(("test.jsonl",) if val_as_test else ())):
                 shutil.copy2(f, dst / f.name)
+        if val_as_test:
+            shutil.copy2(data / "val.jsonl", dst / "test.jsonl")
         if not (dst / "images").exists():
             (dst / "images").symlink_to(data / "images")
     return dst
-
 
 VARIANTS = {"with_val": [], "without_val_text": ["train.holdout_from=text"],
             "without_val_any": ["train.holdout_from=any"],
@@ -54,23 +56,6 @@ VARIANTS = {"with_val": [], "without_val_text": ["train.holdout_from=text"],
 (D20, opt-in) or from any row (the default; the results recorded as ``without_val`` used it), 10 %
 of the rows or 5 % (``without_val_any5``). A run without ``val.jsonl`` is also scored on it once
 it has finished (``val_top1_after``: it never saw the split), so that validation seeds can choose."""
-
-
-def _without_val_scored(data: Path) -> Path:
-    """A copy of ``data`` without ``val.jsonl`` whose ``test.jsonl`` is the clean ``val.jsonl``: a
-    validation seed's run then records its clean validation score after every epoch (the
-    ``test_top1`` curve) without ever selecting on it, so epoch-selection rules can be compared
-    on validation data."""
-    dst = data.parent / "data-noval-valcurve"
-    if not (dst / "train.jsonl").is_file():
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in data.iterdir():
-            if f.is_file() and f.name not in ("val.jsonl", "test.jsonl"):
-                shutil.copy2(f, dst / f.name)
-        shutil.copy2(data / "val.jsonl", dst / "test.jsonl")
-        if not (dst / "images").exists():
-            (dst / "images").symlink_to(data / "images")
-    return dst
 
 
 def _curves(run_dir: Path) -> dict:
@@ -156,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.windows:
         print(window_table(args.windows))
         return 0
+    if args.val_curve and set(args.seed) & {0, 1, 2}:
+        p.error("--val-curve scores the validation split of validation seeds; seeds 0-2 are the tables'")
     out_path = OUT_CURVES if args.val_curve else OUT
     for seed in args.seed:
         for profile in args.profile:
@@ -171,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{key}: running")
                 if args.val_curve:
                     run_dir = data.parent / f"noval-{variant}-valcurve"
-                    res = run_variant(_without_val_scored(data), run_dir, seed, VARIANTS[variant])
+                    res = run_variant(_without_val(data, val_as_test=True), run_dir, seed, VARIANTS[variant])
                     res["val_top1_after"], res["curves"] = res.pop("top1"), _curves(run_dir)
                     res["note"] = "test split replaced by the clean val.jsonl: top-1 figures are validation"
                 elif variant == "with_val":

@@ -1,0 +1,37 @@
+"""``benchmarks/no_val.py``: replaying D23's window on recorded curves picks what the engine would."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def no_val():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import no_val as module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def test_window_replay_matches_a_hand_computed_choice(no_val):
+    curves = {
+        # paper: a lucky first epoch (0.60), then a steady 0.50-0.56; top1: steady 0.54-0.55
+        "paper": {"holdout_top1": [0.60, 0.50, 0.52, 0.56, 0.54], "test_top1": [0.1, 0.2, 0.3, 0.4, 0.5]},
+        "top1": {"holdout_top1": [0.40, 0.54, 0.55, 0.54, 0.55], "test_top1": [0.6, 0.7, 0.8, 0.9, 1.0]},
+        "stage2": {"holdout_top1": [0.0] * 5, "test_top1": [0.0] * 5},  # the published copy: ignored
+    }
+    # single scores: paper's epoch 0 wins
+    assert no_val.chosen_by_window(curves, 1) == ("paper", 0, 0.1)
+    # windows of 3 (full only): paper 0.54 (epochs 2-4), top1 (0.55+0.54+0.55)/3 = 0.5467 at epoch 4
+    assert no_val.chosen_by_window(curves, 3) == ("top1", 4, 1.0)
+    # a window longer than the curve is the whole curve: paper 0.544 vs top1 0.516
+    assert no_val.chosen_by_window(curves, 9) == ("paper", 4, 0.5)
+    # each branch's last epoch: top1 0.55 vs paper 0.54
+    assert no_val.chosen_by_window(curves, None) == ("top1", 4, 1.0)
