@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capro.config import HOLDOUT_WINDOW
 from capro.data.layout import Record, Split, available_splits
 from capro.utils.io import read_jsonl
 
@@ -63,8 +64,6 @@ def select_window(cfg, split: str | None) -> int:
     """D23: how many trailing scored epochs the selecting score of ``split`` averages
     (``train.select_window``; auto: :data:`~capro.config.HOLDOUT_WINDOW` for held-out rows scored
     against web labels, 1 for a split with clean labels)."""
-    from capro.config import HOLDOUT_WINDOW
-
     if cfg.train.select_window is not None:
         return int(cfg.train.select_window)
     return HOLDOUT_WINDOW if split == HOLDOUT else 1
