@@ -4,6 +4,7 @@
     python benchmarks/no_val.py --seed 100 101 --variants without_val_text without_val_any
     python benchmarks/no_val.py --seed 100 101 --variants without_val_any --val-curve   # D23's choice
     python benchmarks/no_val.py --windows 1 3 5 7 9 11 15 21
+    python benchmarks/no_val.py --clean-windows 1 3 5 9 15 21   # the same with a clean val.jsonl
 
 For each profile, ``capro-ft`` of the ``long`` size with the defaults users get (``train.keep=best``,
 D12, ``train.val_split=auto``) runs twice on the same simulated data: once with its clean
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from common import RESULTS, SIZES, machine_info, row_overrides  # noqa: E402
-from quality import DEFAULT_WORK, ensure_data, log  # noqa: E402
+from quality import DEFAULT_WORK, ensure_data, log, size_tag  # noqa: E402
 
 from capro.utils.io import read_json, write_json  # noqa: E402
 
@@ -72,15 +73,18 @@ def _curves(run_dir: Path) -> dict:
     return out
 
 
-def chosen_by_window(curves: dict, window: int | None) -> tuple[str, int, float]:
+def chosen_by_window(curves: dict, window: int | None, *, select: str = "holdout_top1",
+                     read: str = "test_top1") -> tuple[str, int, float]:
     """What stage 2 would have handed on under D21 and a selecting window (None: each branch's
-    last epoch): (branch, epoch, clean validation top-1 there). ``curves``: one ``--val-curve``
-    run's ``curves`` (per branch ``holdout_top1`` and ``test_top1``, the latter clean val)."""
+    last epoch): (branch, epoch, the ``read`` score there). ``curves``: one run's per-branch
+    curves (:func:`_curves`); epochs and branches are chosen on ``select`` (a ``--val-curve`` run:
+    ``holdout_top1``, its ``test_top1`` being clean validation; a run with ``val.jsonl``:
+    ``val_top1``, read on ``test_top1``)."""
     best = None
     for branch, c in curves.items():
         if branch == "stage2":  # the published copy of the chosen branch
             continue
-        held = np.asarray(c["holdout_top1"], dtype=float)
+        held = np.asarray(c[select], dtype=float)
         if window is None:
             epoch, score = len(held) - 1, held[-1]
         else:
@@ -89,26 +93,51 @@ def chosen_by_window(curves: dict, window: int | None) -> tuple[str, int, float]
             epoch = int(np.argmax(means))
             score = means[epoch]
         if best is None or score > best[0]:
-            best = (score, branch, epoch, float(c["test_top1"][epoch]))
+            best = (score, branch, epoch, float(c[read][epoch]))
     return best[1], best[2], best[3]
 
 
-def window_table(windows: list[int]) -> str:
-    """Markdown: clean validation top-1 of stage 2's pick per window (columns) and run (rows)."""
-    data = read_json(OUT_CURVES)
+def window_table(windows: list[int], runs: dict | None = None, *, select: str = "holdout_top1") -> str:
+    """Markdown: the ``test_top1`` curve's score at stage 2's pick per window (columns) and run
+    (rows); ``runs`` {key: result with ``curves``}, default the ``--val-curve`` runs (whose
+    ``test_top1`` is clean validation)."""
+    runs = read_json(OUT_CURVES) if runs is None else runs
     cols = [*windows, None]
     head = ["run", *[f"w = {w}" if w else "last epoch" for w in cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     picks = {w: [] for w in cols}
-    for key, res in sorted(data.items()):
+    for key, res in sorted(runs.items()):
         cells = []
         for w in cols:
-            branch, epoch, val = chosen_by_window(res["curves"], w)
+            branch, epoch, val = chosen_by_window(res["curves"], w, select=select)
             picks[w].append(val)
             cells.append(f"{100 * val:.1f} ({branch} {epoch})")
-        lines.append(f"| {key.split('/without')[0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key.split('/without')[0].split('/with_val')[0]} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{100 * np.mean(picks[w]):.2f}**" for w in cols) + " |")
     return "\n".join(lines)
+
+
+def clean_window_runs(work: Path) -> dict:
+    """The validation seeds' runs with ``val.jsonl`` (selecting on it, test scored every epoch),
+    their per-branch curves added to ``no_val.json`` from their run directories under ``work``
+    when missing: {key: result}. A window for a clean split is read on their test split."""
+    out = read_json(OUT) if OUT.is_file() else {}
+    runs = {}
+    for key, res in out.items():
+        profile, seed, variant = key.split("/")
+        if variant != "with_val" or int(seed.removeprefix("seed")) in (0, 1, 2):
+            continue
+        if "curves" not in res:
+            run_dir = work / size_tag(SIZES["long"]) / profile / seed / "noval-with_val"
+            if not (run_dir / "metrics.json").is_file():
+                raise SystemExit(f"{key}: no curves recorded and no run in {run_dir}; run it again "
+                                 f"(python benchmarks/no_val.py --profile {profile} --seed "
+                                 f"{seed.removeprefix('seed')} --variants with_val)")
+            res["curves"] = _curves(run_dir)
+            out[key] = res
+            write_json(OUT, out)
+        runs[key] = res
+    return runs
 
 
 def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = None) -> dict:
@@ -137,9 +166,15 @@ def main(argv: list[str] | None = None) -> int:
                         "test (validation seeds only; keys end in /valcurve, per-epoch curves recorded)")
     p.add_argument("--windows", type=int, nargs="*",
                    help="print the table choosing D23's window from the --val-curve runs and exit")
+    p.add_argument("--clean-windows", type=int, nargs="*",
+                   help="print the same table for a clean val.jsonl (validation seeds' runs with it, "
+                        "selecting on val, read on test) and exit")
     args = p.parse_args(argv)
     if args.windows:
         print(window_table(args.windows))
+        return 0
+    if args.clean_windows:
+        print(window_table(args.clean_windows, clean_window_runs(args.work), select="val_top1"))
         return 0
     if args.val_curve and set(args.seed) & {0, 1, 2}:
         p.error("--val-curve scores the validation split of validation seeds; seeds 0-2 are the tables'")
@@ -163,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     res["note"] = "test split replaced by the clean val.jsonl: top-1 figures are validation"
                 elif variant == "with_val":
                     res = run_variant(data, data.parent / f"noval-{variant}", seed, VARIANTS[variant])
+                    res["curves"] = _curves(data.parent / f"noval-{variant}")
                 else:
                     res = run_variant(_without_val(data), data.parent / f"noval-{variant}", seed, VARIANTS[variant])
                     from capro.engine.predict import evaluate_run

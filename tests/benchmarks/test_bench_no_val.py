@@ -35,3 +35,20 @@ def test_window_replay_matches_a_hand_computed_choice(no_val):
     assert no_val.chosen_by_window(curves, 9) == ("paper", 4, 0.5)
     # each branch's last epoch: top1 0.55 vs paper 0.54
     assert no_val.chosen_by_window(curves, None) == ("top1", 4, 1.0)
+
+
+def test_window_replay_selects_on_the_named_column(no_val):
+    # a run with val.jsonl: epochs chosen on val_top1, read on test_top1
+    curves = {
+        "paper": {"val_top1": [0.7, 0.9, 0.6, 0.6], "test_top1": [0.1, 0.2, 0.3, 0.4]},
+        "top1": {"val_top1": [0.8, 0.8, 0.8, 0.8], "test_top1": [0.5, 0.6, 0.7, 0.8]},
+    }
+    # single scores: paper's epoch 1 (0.9)
+    assert no_val.chosen_by_window(curves, 1, select="val_top1") == ("paper", 1, 0.2)
+    # windows of 2: paper's best mean is 0.8 (epochs 0-1, 1-2 give 0.75), top1's 0.8 at epoch 1;
+    # a tie goes to the branch scored first
+    assert no_val.chosen_by_window(curves, 2, select="val_top1") == ("paper", 1, 0.2)
+    # windows of 3: paper 0.733 vs top1 0.8 at epoch 2
+    assert no_val.chosen_by_window(curves, 3, select="val_top1") == ("top1", 2, 0.7)
+    table = no_val.window_table([1, 3], {"web/seed100/with_val": {"curves": curves}}, select="val_top1")
+    assert table.splitlines()[2] == "| web/seed100 | 20.0 (paper 1) | 70.0 (top1 2) | 80.0 (top1 3) |"
