@@ -5,6 +5,7 @@
     python benchmarks/no_val.py --seed 100 101 --variants without_val_any --val-curve   # D23's choice
     python benchmarks/no_val.py --windows 1 3 5 7 9 11 15 21
     python benchmarks/no_val.py --clean-windows 1 3 5 9 15 21   # the same with a clean val.jsonl
+    python benchmarks/no_val.py --refit    # replay: the held-out rows returned to training
 
 For each profile, ``capro-ft`` of the ``long`` size with the defaults users get (``train.keep=best``,
 D12, ``train.val_split=auto``) runs twice on the same simulated data: once with its clean
@@ -117,27 +118,67 @@ def window_table(windows: list[int], runs: dict | None = None, *, select: str = 
     return "\n".join(lines)
 
 
+def _run_dir(work: Path, key: str) -> Path:
+    profile, seed, variant = key.split("/")[:3]
+    return work / size_tag(SIZES["long"]) / profile / seed / f"noval-{variant}"
+
+
+def _filled(work: Path, keys: list[str]) -> dict:
+    """``no_val.json``'s rows ``keys``, with what older rows did not record read from their run
+    directories under ``work`` and written back: per-branch curves, and for a run without
+    ``val.jsonl`` D21's and D18's choices (``online_rule``, ``fine_tune_guard``)."""
+    out = read_json(OUT) if OUT.is_file() else {}
+    for key in keys:
+        res, run_dir = out[key], _run_dir(work, key)
+        want = ("curves",) if key.endswith("/with_val") else ("curves", "online_rule", "fine_tune_guard")
+        if all(f in res for f in want):
+            continue
+        if not (run_dir / "metrics.json").is_file():
+            raise SystemExit(f"{key}: not recorded and no run in {run_dir}; run it again "
+                             "(python benchmarks/no_val.py --profile P --seed S --variants V)")
+        metrics = read_json(run_dir / "metrics.json")
+        for f in want:
+            res[f] = _curves(run_dir) if f == "curves" else metrics.get(f)
+        write_json(OUT, out)
+    return {key: out[key] for key in keys}
+
+
 def clean_window_runs(work: Path) -> dict:
     """The validation seeds' runs with ``val.jsonl`` (selecting on it, test scored every epoch),
-    their per-branch curves added to ``no_val.json`` from their run directories under ``work``
-    when missing: {key: result}. A window for a clean split is read on their test split."""
+    with their per-branch curves: {key: result}. A window for a clean split is read on their test
+    split."""
     out = read_json(OUT) if OUT.is_file() else {}
-    runs = {}
-    for key, res in out.items():
-        profile, seed, variant = key.split("/")
-        if variant != "with_val" or int(seed.removeprefix("seed")) in (0, 1, 2):
-            continue
-        if "curves" not in res:
-            run_dir = work / size_tag(SIZES["long"]) / profile / seed / "noval-with_val"
-            if not (run_dir / "metrics.json").is_file():
-                raise SystemExit(f"{key}: no curves recorded and no run in {run_dir}; run it again "
-                                 f"(python benchmarks/no_val.py --profile {profile} --seed "
-                                 f"{seed.removeprefix('seed')} --variants with_val)")
-            res["curves"] = _curves(run_dir)
-            out[key] = res
-            write_json(OUT, out)
-        runs[key] = res
-    return runs
+    keys = [k for k in out if k.endswith("/with_val") and int(k.split("/")[1].removeprefix("seed")) not in (0, 1, 2)]
+    return _filled(work, keys)
+
+
+def refit_replay(work: Path, variant: str = "without_val_any") -> str:
+    """Markdown: what returning the held-out rows would have given. A run without ``val.jsonl``
+    chose D21's rule and stage 2's epoch on its held-out rows; trained again on every row with
+    those choices, its stage 2 is the run with ``val.jsonl``'s branch of that rule (same rows,
+    seed and config; ``val.jsonl`` only scores) read at that epoch. Test top-1 of stage 2 at
+    the chosen epoch, of the final model (after the fine-tune and D18's guard) and of the run with
+    ``val.jsonl``; for validation seeds also clean validation top-1 (the run without ``val.jsonl``:
+    its final model, scored on it afterwards)."""
+    out = read_json(OUT) if OUT.is_file() else {}
+    pairs = sorted(k.removesuffix("/with_val") for k in out if k.endswith("/with_val")
+                   and k.replace("/with_val", f"/{variant}") in out)
+    lines = ["| run | rule, epoch chosen on held-out rows | test: without, stage 2 | test: refit, stage 2 | "
+             "test: without, final | test: with, final | validation: without, final | validation: refit, "
+             "stage 2 |", "|---|---|---|---|---|---|---|---|"]
+    for run in pairs:
+        rows = _filled(work, [f"{run}/with_val", f"{run}/{variant}"])
+        with_val, held = rows[f"{run}/with_val"], rows[f"{run}/{variant}"]
+        rule = held["online_rule"]["chosen"]
+        epoch = held["online_rule"]["rules"][rule]["best_epoch"]
+        curve = with_val["curves"][rule]
+        validation = int(run.split("/")[1].removeprefix("seed")) not in (0, 1, 2)
+        val = (f"{100 * held['val_top1_after']:.1f} | {100 * curve['val_top1'][epoch]:.1f}" if validation
+               else "— | —")
+        lines.append(f"| {run} | {rule} {epoch} | {100 * held['curves'][rule]['test_top1'][epoch]:.1f} | "
+                     f"{100 * curve['test_top1'][epoch]:.1f} | {100 * held['top1']:.1f} | "
+                     f"{100 * with_val['top1']:.1f} | {val} |")
+    return "\n".join(lines)
 
 
 def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = None) -> dict:
@@ -150,6 +191,7 @@ def run_variant(data: Path, run_dir: Path, seed: int, extra: list[str] | None = 
     t0 = time.perf_counter()
     m = run_pipeline(data, run_dir, cfg, resume=True, progress=False)
     return {"top1": m["eval"]["test"]["top1"], "validation": m.get("validation"),
+            "online_rule": m.get("online_rule"), "fine_tune_guard": m.get("fine_tune_guard"),
             "stages": {s: {k: v for k, v in info.items() if k in ("best_epoch", "kept_epoch", "best_val")}
                        for s, info in m["stages"].items()},
             "overrides": over, "wall_seconds": time.perf_counter() - t0}
@@ -169,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clean-windows", type=int, nargs="*",
                    help="print the same table for a clean val.jsonl (validation seeds' runs with it, "
                         "selecting on val, read on test) and exit")
+    p.add_argument("--refit", action="store_true",
+                   help="print what returning the held-out rows (training again on every row with the "
+                        "held-out run's choices) would have given, replayed from the recorded runs, and exit")
     args = p.parse_args(argv)
+    if args.refit:
+        print(refit_replay(args.work))
+        return 0
     if args.windows:
         print(window_table(args.windows))
         return 0
