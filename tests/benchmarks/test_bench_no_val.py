@@ -52,3 +52,13 @@ def test_window_replay_selects_on_the_named_column(no_val):
     assert no_val.chosen_by_window(curves, 3, select="val_top1") == ("top1", 2, 0.7)
     table = no_val.window_table([1, 3], {"web/seed100/with_val": {"curves": curves}}, select="val_top1")
     assert table.splitlines()[2] == "| web/seed100 | 20.0 (paper 1) | 70.0 (top1 2) | 80.0 (top1 3) |"
+
+
+def test_window_replay_with_a_tolerance_hands_on_the_earliest_near_best_epoch(no_val):
+    curves = {"paper": {"holdout_top1": [0.50, 0.56, 0.55, 0.57], "test_top1": [0.1, 0.2, 0.3, 0.4]},
+              "top1": {"holdout_top1": [0.40, 0.40, 0.40, 0.40], "test_top1": [0.9, 0.9, 0.9, 0.9]}}
+    assert no_val.chosen_by_window(curves, 1) == ("paper", 3, 0.4)
+    # within 0.015 of paper's best (0.57): epochs 1 (0.56) and 2 (0.55 is 0.02 below: out)
+    assert no_val.chosen_by_window(curves, 1, tolerance=0.015) == ("paper", 1, 0.2)
+    # branches are still compared on their best: top1's 0.40 never wins
+    assert no_val.chosen_by_window(curves, 1, tolerance=0.5) == ("paper", 0, 0.1)
