@@ -58,8 +58,9 @@ VARIANTS = {"with_val": [], "without_val_text": ["train.holdout_from=text"],
             "without_val_any20": ["train.holdout_from=any", "train.holdout=0.2"]}
 """Run variants: with ``val.jsonl``; without it, the held-out rows drawn from text-verified rows
 (D20, opt-in) or from any row (the default; the results recorded as ``without_val`` used it), 10 %
-of the rows, 5 % (``without_val_any5``) or 20 % (``without_val_any20``). A run without ``val.jsonl`` is also scored on it once
-it has finished (``val_top1_after``: it never saw the split), so that validation seeds can choose."""
+of the rows, 5 % (``without_val_any5``) or 20 % (``without_val_any20``). A run without
+``val.jsonl`` is also scored on it once it has finished (``val_top1_after``: it never saw the
+split), so that validation seeds can choose."""
 
 
 def _curves(run_dir: Path) -> dict:
