@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def branch_mix():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import branch_mix as module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+def branch_mix(bench_script):
+    return bench_script("branch_mix")
 
 
 def test_weight_average_averages_floats_and_keeps_counters(branch_mix):

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def no_val():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import no_val as module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+def no_val(bench_script):
+    return bench_script("no_val")
 
 
 def test_window_replay_matches_a_hand_computed_choice(no_val):
