@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     res["val_top1_after"] = evaluate_run(data.parent / f"noval-{variant}", data=data,
                                                          split="val")["top1"]
+                    res["curves"] = _curves(data.parent / f"noval-{variant}")
                 out = read_json(out_path) if out_path.is_file() else {}  # another process may have added rows
                 out[key] = {**res, "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 write_json(out_path, out)
