@@ -64,7 +64,8 @@ split), so that validation seeds can choose."""
 
 
 def _curves(run_dir: Path) -> dict:
-    """Every stage-2 branch's per-epoch selecting and curve scores: {branch: {column: [...]}}."""
+    """Every stage-2 branch's per-epoch selecting and curve scores: {branch: {column: [...]}}
+    (``stage2``: the published copy of the chosen branch)."""
     import csv
 
     out = {}
@@ -73,7 +74,8 @@ def _curves(run_dir: Path) -> dict:
             continue
         rows = list(csv.DictReader(log_csv.open()))
         cols = [c for c in rows[0] if c.endswith("_top1")]
-        out[log_csv.parent.parent.name] = {c: [float(r[c]) for r in rows] for c in cols}
+        branch = "stage2" if log_csv.parent.parent == run_dir else log_csv.parent.parent.name
+        out[branch] = {c: [float(r[c]) for r in rows] for c in cols}
     return out
 
 
