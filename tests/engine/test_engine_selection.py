@@ -9,7 +9,7 @@ import torch
 from capro.config import load_config
 from capro.engine.checkpoint import load_checkpoint
 from capro.engine.runner import load_run_model, run_pipeline
-from capro.engine.selection import BestEpoch, EpochScorer
+from capro.engine.selection import BestEpoch, EpochScorer, close_call, describe_close_call
 from capro.errors import CaproError
 
 ONE_STAGE = ["model.backbone=simple_cnn", "stage1.epochs=4", "stage2.epochs=0", "stage3.epochs=0",
@@ -57,6 +57,23 @@ def test_a_stage_shorter_than_the_window_uses_all_its_scored_epochs(window, epoc
 def test_scorer_due_epochs(every, due):
     scorer = EpochScorer({}, None, False, every=every)
     assert [e for e in range(5) if scorer.due(e, 5)] == due
+
+
+def test_close_call_measures_the_lead_against_the_binomial_standard_error():
+    # 0.58 vs 0.57 on 200 rows: lead 0.01, s.e. sqrt(0.58 * 0.42 / 200) = 0.0349
+    c = close_call({"paper": 0.57, "top1": 0.58}, "top1", 200, "top1")
+    assert c == {"margin": pytest.approx(0.01), "standard_error": pytest.approx(0.034900, abs=1e-6),
+                 "rows": 200, "close_call": True}
+    assert describe_close_call(c) == "; a close call: 0.0100 apart on 200 rows, within the split's standard error (0.0349)"
+    # 0.80 vs 0.70 on 500 rows: s.e. sqrt(0.8 * 0.2 / 500) = 0.0179, a clear lead
+    c = close_call({"paper": 0.80, "top1": 0.70, "th0.3": None}, "paper", 500, "top1")
+    assert c["margin"] == pytest.approx(0.10) and c["standard_error"] == pytest.approx(0.017889, abs=1e-6)
+    assert c["close_call"] is False and describe_close_call(c) == ""
+    # the guard keeps the fine-tune on a tie: a lead of 0, always a close call
+    assert close_call({"stage3b": 0.42, "stage2": 0.42}, "stage3b", 200, "top1")["close_call"] is True
+    # macro mAP (%) has no binomial yardstick; one score is no choice
+    assert close_call({"paper": 70.0, "top1": 71.0}, "top1", 200, "mAP_macro") == {}
+    assert close_call({"paper": 0.5, "top1": None}, "paper", 200, "top1") == {}
 
 
 def test_keep_best_ends_with_the_best_validation_epoch(tiny_web_data, tmp_path):
@@ -172,6 +189,9 @@ def test_fine_tune_guard_hands_on_stage2_when_the_fine_tune_scores_lower(tiny_we
     g = m["fine_tune_guard"]
     assert g["split"] == "val" and g["metric"] == "top1" and g["stage3b"] < g["stage2"]
     assert g["kept"] == "stage2" and m["final_stage"] == "stage2"
+    rows = len((tiny_web_data / "val.jsonl").read_text().splitlines())  # 40
+    assert g["rows"] == rows and g["margin"] == pytest.approx(g["stage2"] - g["stage3b"], abs=2e-6)
+    assert g["close_call"] == (g["margin"] < (g["stage2"] * (1 - g["stage2"]) / rows) ** 0.5)
     # the run's model is the stage-2 weights stage 3a cleaned with (best.pt, D12), scored as logged
     model, *_ = load_run_model(run)
     assert _same_weights(load_checkpoint(run / "stage2" / "best.pt")["model"], model.state_dict())
@@ -240,6 +260,7 @@ def test_online_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
     assert list(o["rules"]) == ["paper", "top1"] and o["split"] == "val"
     scores = {r: v["score"] for r, v in o["rules"].items()}
     assert o["chosen"] == choose(scores)
+    assert o["rows"] == len((tiny_web_data / "val.jsonl").read_text().splitlines()) and o["margin"] == pytest.approx(max(scores.values()) - min(scores.values()), abs=2e-6)
     for rule in ("paper", "top1"):  # under train.keep=best a rule scores its best epoch
         done = read_json(run / "online_rules" / rule / "stage2" / "done.json")
         assert scores[rule] == pytest.approx(done["best_val"])

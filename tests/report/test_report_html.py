@@ -226,3 +226,8 @@ def test_choices_table_names_every_candidate_and_the_kept_one():
     assert "online keep rule (stage 2)" in html and "paper 80.4%, top1 82.6%" in html
     assert "<td class=\"l\">top1</td>" in html and "stage3b 82.0%, stage2 82.6%" in html
     assert "offline keep rule" not in html
+    assert html.count("<td class=\"l\">–</td>") == 2  # no lead recorded (runs before it was)
+    close = choices_table({"online_rule": {"chosen": "top1", "split": "holdout", "rules": {
+        "paper": {"score": 0.57}, "top1": {"score": 0.58}}, "margin": 0.01, "standard_error": 0.0349,
+        "rows": 200, "close_call": True}})
+    assert "+1.0 pts (s.e. 3.5, 200 rows) <b>close call</b>" in close

@@ -42,7 +42,7 @@ from capro.engine.checkpoint import load_checkpoint, seed_everything
 from capro.engine.distributed import DistInfo, amp_dtype, init_distributed, peer_failures
 from capro.engine.evaluate import OPENSET_FILE, evaluate_model, evaluate_openset
 from capro.engine.loop import CleaningState, stderr_isatty
-from capro.engine.selection import EpochScorer
+from capro.engine.selection import EpochScorer, close_call, describe_close_call
 from capro.engine.signals import Preempted
 from capro.engine.stages import (
     OfflineCleaning,
@@ -379,21 +379,32 @@ def _branch(p: _Pipeline, rule: str, where: str, fps: dict[str, str]) -> _Pipeli
     return sub
 
 
+def _close_call(p: _Pipeline, scores: dict[str, float | None], chosen: str) -> dict[str, Any]:
+    """:func:`~capro.engine.selection.close_call` of a choice on the run's selecting split."""
+    scorer = p.scorer()
+    if scorer is None or scorer.select is None:
+        return {}
+    return close_call(scores, chosen, len(scorer.splits[scorer.select]), scorer.metric)
+
+
 def _go_on_with(p: _Pipeline, sub: _Pipeline, stages: tuple[str, ...], model: CAPro,
-                scores: dict[str, float | None], chosen: str, what: str) -> None:
+                scores: dict[str, float | None], chosen: str, what: str) -> dict[str, Any]:
     """Put the chosen branch ``sub``'s last stage into ``model`` on every rank, publish its
-    ``stages`` as the run's own (rank 0) and log every candidate's score."""
+    ``stages`` as the run's own (rank 0) and log every candidate's score; return how close the
+    choice was (:func:`_close_call`)."""
     load_weights(model, load_checkpoint(sub.dir(stages[-1]) / "checkpoint.pt")["model"])
     model.to(p.ctx.dist.device)
+    close = _close_call(p, scores, chosen)
     if p.ctx.is_main:
         for stage in stages:
             _publish(sub.dir(stage), p.dir(stage))
         scorer = p.scorer()
         log_progress(f"{what}: " + ", ".join(
             f"{r} {'n/a' if v is None else f'{v:.4f}'}" for r, v in scores.items()) + f" on "
-            f"{scorer.select if scorer is not None else 'no split'}; kept {chosen}")
+            f"{scorer.select if scorer is not None else 'no split'}; kept {chosen}{describe_close_call(close)}")
     barrier()
     p.stages.update({stage: sub.stages[stage] for stage in stages})
+    return close
 
 
 def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float:
@@ -436,13 +447,13 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
         scores[rule] = broadcast_object(score)
     chosen = choose(scores)
     sub, cleaning = runs[chosen]
-    _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule")
+    close = _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule")
 
     seconds = {r: float(runs[r][0].stages["stage2"].get("seconds", 0.0)) for r in scores}
     p.stages["stage2"] = {**p.stages["stage2"], "seconds": round(sum(seconds.values()), 3)}  # every branch's
     p.online_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
                      "rules": {r: {"score": scores[r], "best_epoch": runs[r][0].stages["stage2"].get("best_epoch"),
-                               "seconds": seconds[r], **runs[r][1].counts()} for r in scores}}
+                               "seconds": seconds[r], **runs[r][1].counts()} for r in scores}, **close}
     return cleaning
 
 
@@ -468,9 +479,9 @@ def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> Offl
         scores[rule] = broadcast_object(score)
     chosen = choose(scores)
     sub, verdict = runs[chosen]
-    _go_on_with(p, sub, ("stage3a", "stage3b"), model, scores, chosen, "keep rule")
+    close = _go_on_with(p, sub, ("stage3a", "stage3b"), model, scores, chosen, "keep rule")
     p.keep_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
-                   "rules": {r: {"score": scores[r], **runs[r][1].counts()} for r in scores}}
+                   "rules": {r: {"score": scores[r], **runs[r][1].counts()} for r in scores}, **close}
     return verdict
 
 
@@ -515,19 +526,25 @@ def _fine_tune_lost(p: _Pipeline, model: CAPro) -> bool:
         before = copy.deepcopy(model)
         load_weights(before, load_checkpoint(stage2)["model"])
         base = scorer(before.to(p.ctx.dist.device))[scorer.column]
+        kept = "stage3b" if fine >= base else "stage2"
         verdict = {"split": scorer.select, "metric": scorer.metric, "stage3b": round(fine, 6),
-                   "stage2": round(base, 6), "kept": "stage3b" if fine >= base else "stage2"}
+                   "stage2": round(base, 6), "kept": kept,
+                   **_close_call(p, {"stage3b": fine, "stage2": base}, kept)}
     verdict = broadcast_object(verdict)
     if verdict is None:
         return False
     p.guard = verdict
     if verdict["kept"] == "stage3b":
+        if p.ctx.is_main and verdict.get("close_call"):
+            log_progress(f"fine-tune guard: stage 3b scored {verdict['stage3b']:.4f} on {verdict['split']}, "
+                         f"stage 2 {verdict['stage2']:.4f}; kept stage 3b{describe_close_call(verdict)}")
         return False
     load_weights(model, load_checkpoint(stage2)["model"])
     model.to(p.ctx.dist.device)
     if p.ctx.is_main:
         log_progress(f"fine-tune guard: stage 3b scored {verdict['stage3b']:.4f} on {verdict['split']}, "
-                     f"below stage 2's {verdict['stage2']:.4f}; the run ends with stage 2's weights")
+                     f"below stage 2's {verdict['stage2']:.4f}; the run ends with stage 2's weights"
+                     f"{describe_close_call(verdict)}")
     return True
 
 

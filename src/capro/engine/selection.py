@@ -35,6 +35,31 @@ def score_key(multi_label: bool) -> str:
     return "mAP_macro" if multi_label else "top1"
 
 
+def close_call(scores: dict[str, float | None], chosen: str, rows: int, metric: str) -> dict[str, Any]:
+    """How far a choice made on a split of ``rows`` rows (D18, D19, D21) is from a coin flip.
+
+    ``margin``: ``chosen``'s score minus the best other candidate's; ``standard_error``: the
+    binomial standard error sqrt(p (1 - p) / rows) of a top-1 score p (the chosen one's) on that
+    many rows, the yardstick for how far apart two scores on one split must be to mean much;
+    ``close_call``: the margin is below it. {} for other metrics, or fewer than two scores."""
+    others = [v for k, v in scores.items() if k != chosen and v is not None]
+    mine = scores.get(chosen)
+    if metric != "top1" or mine is None or not others or rows <= 0:
+        return {}
+    margin = mine - max(others)
+    error = (mine * (1 - mine) / rows) ** 0.5
+    return {"margin": round(margin, 6), "standard_error": round(error, 6), "rows": int(rows),
+            "close_call": bool(margin < error)}
+
+
+def describe_close_call(c: dict[str, Any]) -> str:
+    """``"; a close call: ..."`` for the run's log when ``c`` (:func:`close_call`) is one, else ""."""
+    if not c.get("close_call"):
+        return ""
+    return (f"; a close call: {c['margin']:.4f} apart on {c['rows']} rows, within the split's standard "
+            f"error ({c['standard_error']:.4f})")
+
+
 @dataclass
 class EpochScorer:
     """Scores a model on the selecting split and the curve splits (every rank calls, each scores

@@ -250,25 +250,37 @@ def class_table(names: list[str], verdicts: list[dict], anchors: list[dict] | No
     return rows
 
 
+def _margin(c: dict) -> str:
+    """HTML cell: the chosen candidate's lead and the split's standard error (``close_call``)."""
+    if c.get("margin") is None:
+        return "–"
+    cell = f"{100 * c['margin']:+.1f} pts (s.e. {100 * c['standard_error']:.1f}, {c['rows']} rows)"
+    return cell + (" <b>close call</b>" if c.get("close_call") else "")
+
+
 def choices_table(m: dict) -> str:
     """HTML: what the run chose on its validation split (D21 online keep rule, D19 offline keep
-    rule, D18 fine-tune guard) with every candidate's score; "" when it chose nothing."""
+    rule, D18 fine-tune guard) with every candidate's score and how close the choice was; ""
+    when it chose nothing."""
     rows = []
     for key, what in (("online_rule", "online keep rule (stage 2)"), ("keep_rule", "offline keep rule (stage 3)")):
         c = m.get(key) or {}
         if c.get("rules"):
             scores = ", ".join(f"{_e(r)} {_pct(x.get('score'))}" for r, x in c["rules"].items())
-            rows.append((what, _e(c.get("chosen")), scores, _e(c.get("split"))))
+            rows.append((what, _e(c.get("chosen")), scores, _margin(c), _e(c.get("split"))))
     g = m.get("fine_tune_guard") or {}
     if g:
         rows.append(("fine-tune guard", _e(g.get("kept")),
-                     f"stage3b {_pct(g.get('stage3b'))}, stage2 {_pct(g.get('stage2'))}", _e(g.get("split"))))
+                     f"stage3b {_pct(g.get('stage3b'))}, stage2 {_pct(g.get('stage2'))}", _margin(g),
+                     _e(g.get("split"))))
     if not rows:
         return ""
-    body = "".join(f'<tr><td class="l">{a}</td><td class="l">{b}</td><td class="l">{c}</td><td>{d}</td></tr>'
-                   for a, b, c, d in rows)
-    return ('<h3>Chosen on validation</h3><table><tr><th class="l">choice</th><th class="l">kept</th>'
-            f'<th class="l">scores</th><th>split</th></tr>{body}</table>')
+    body = "".join(f'<tr><td class="l">{a}</td><td class="l">{b}</td><td class="l">{c}</td><td class="l">{d}</td>'
+                   f'<td>{e}</td></tr>' for a, b, c, d, e in rows)
+    return ('<h3>Chosen on validation</h3><p>A lead below the split\'s standard error is a close call: '
+            'another sample of validation rows could well have chosen the other way.</p>'
+            '<table><tr><th class="l">choice</th><th class="l">kept</th><th class="l">scores</th>'
+            f'<th class="l">lead</th><th>split</th></tr>{body}</table>')
 
 
 def _summary(v: RunView) -> str:
