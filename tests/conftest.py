@@ -42,3 +42,20 @@ def tiny_run(tiny_web_data: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     cfg = load_config(preset="tiny", overrides=TINY_RUN_OVERRIDES)
     return run, run_pipeline(tiny_web_data, run, cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script(name)``: the module ``benchmarks/<name>.py`` (its sibling imports resolve)."""
+    import importlib
+    import sys
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+
+    def load(name: str):
+        sys.path.insert(0, benchmarks)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(benchmarks)
+    return load

@@ -9,7 +9,13 @@ import torch
 from capro.config import load_config
 from capro.engine.checkpoint import load_checkpoint
 from capro.engine.runner import load_run_model, run_pipeline
-from capro.engine.selection import BestEpoch, EpochScorer, close_call, describe_close_call
+from capro.engine.selection import (
+    BestEpoch,
+    EpochScorer,
+    close_call,
+    describe_close_call,
+    paired_error,
+)
 from capro.errors import CaproError
 
 ONE_STAGE = ["model.backbone=simple_cnn", "stage1.epochs=4", "stage2.epochs=0", "stage3.epochs=0",
@@ -59,21 +65,49 @@ def test_scorer_due_epochs(every, due):
     assert [e for e in range(5) if scorer.due(e, 5)] == due
 
 
-def test_close_call_measures_the_lead_against_the_binomial_standard_error():
-    # 0.58 vs 0.57 on 200 rows: lead 0.01, s.e. sqrt(0.58 * 0.42 / 200) = 0.0349
-    c = close_call({"paper": 0.57, "top1": 0.58}, "top1", 200, "top1")
-    assert c == {"margin": pytest.approx(0.01), "standard_error": pytest.approx(0.034900, abs=1e-6),
-                 "rows": 200, "close_call": True}
-    assert describe_close_call(c) == "; a close call: 0.0100 apart on 200 rows, within the split's standard error (0.0349)"
-    # 0.80 vs 0.70 on 500 rows: s.e. sqrt(0.8 * 0.2 / 500) = 0.0179, a clear lead
-    c = close_call({"paper": 0.80, "top1": 0.70, "th0.3": None}, "paper", 500, "top1")
-    assert c["margin"] == pytest.approx(0.10) and c["standard_error"] == pytest.approx(0.017889, abs=1e-6)
+def test_paired_error_counts_only_the_rows_where_the_two_disagree():
+    a = np.array([1, 1, 1, 0, 0, 1, 1, 0], dtype=bool)
+    b = np.array([1, 0, 0, 1, 0, 1, 1, 0], dtype=bool)
+    # a alone right on 2 rows, b alone on 1: sqrt(2 + 1 - 1 / 8) / 8
+    assert paired_error(a, b) == pytest.approx(np.sqrt(2 + 1 - 1 / 8) / 8)
+    assert paired_error(a, a) == 0.0  # the same answers: no doubt about the difference (zero)
+    # the same from the per-row differences d: sqrt(sum((d - mean d)^2)) / N
+    d = a.astype(float) - b.astype(float)
+    assert paired_error(a, b) == pytest.approx(np.sqrt(((d - d.mean()) ** 2).sum()) / len(d))
+
+
+def test_close_call_weighs_the_lead_against_the_rows_that_decide_it():
+    rng = np.random.default_rng(0)
+    base = rng.random(200) < 0.57
+    top1 = base.copy()
+    top1[:30] = ~top1[:30]  # they disagree on 30 of 200 rows
+    scores = {"paper": float(base.mean()), "top1": float(top1.mean()), "th0.3": None}
+    chosen = max(("paper", "top1"), key=scores.get)
+    runner = "top1" if chosen == "paper" else "paper"
+    c = close_call(scores, chosen, {"paper": base, "top1": top1, "th0.3": None})
+    assert c["runner_up"] == runner and c["disagree"] == 30 and c["rows"] == 200
+    assert c["margin"] == pytest.approx(scores[chosen] - scores[runner])
+    assert c["standard_error"] == pytest.approx(paired_error(base if chosen == "paper" else top1,
+                                                              top1 if chosen == "paper" else base), abs=1e-6)
+    assert c["close_call"] == (c["margin"] < c["standard_error"])
+    # a lead of 20 rows where they disagree on 20: every deciding row goes one way,
+    # s.e. sqrt(20 - 20^2 / 200) / 200 = 0.0212, far below the lead of 0.1
+    wins = base.copy()
+    idx = np.flatnonzero(~base)[:20]
+    wins[idx] = True
+    c = close_call({"a": float(wins.mean()), "b": float(base.mean())}, "a", {"a": wins, "b": base})
+    assert c["disagree"] == 20 and c["margin"] == pytest.approx(0.1)
+    assert c["standard_error"] == pytest.approx(np.sqrt(18) / 200, abs=1e-6)
     assert c["close_call"] is False and describe_close_call(c) == ""
-    # the guard keeps the fine-tune on a tie: a lead of 0, always a close call
-    assert close_call({"stage3b": 0.42, "stage2": 0.42}, "stage3b", 200, "top1")["close_call"] is True
-    # macro mAP (%) has no binomial yardstick; one score is no choice
-    assert close_call({"paper": 70.0, "top1": 71.0}, "top1", 200, "mAP_macro") == {}
-    assert close_call({"paper": 0.5, "top1": None}, "paper", 200, "top1") == {}
+    # a tie with different answers is a close call (the guard keeps the fine-tune on a tie)
+    tie = close_call({"stage3b": 0.5, "stage2": 0.5}, "stage3b",
+                     {"stage3b": np.array([1, 0], bool), "stage2": np.array([0, 1], bool)})
+    assert tie["close_call"] is True
+    assert describe_close_call(tie) == ("; a close call: 0.0000 ahead of stage2, the two disagree on 2 of 2 rows "
+                                        "(paired standard error 0.7071)")  # sqrt(1 + 1) / 2
+    # no per-row answers (multi-label), or one score: no verdict
+    assert close_call({"paper": 70.0, "top1": 71.0}, "top1", {"paper": None, "top1": None}) == {}
+    assert close_call({"paper": 0.5, "top1": None}, "paper", {"paper": base, "top1": top1}) == {}
 
 
 def test_keep_best_ends_with_the_best_validation_epoch(tiny_web_data, tmp_path):
@@ -189,9 +223,12 @@ def test_fine_tune_guard_hands_on_stage2_when_the_fine_tune_scores_lower(tiny_we
     g = m["fine_tune_guard"]
     assert g["split"] == "val" and g["metric"] == "top1" and g["stage3b"] < g["stage2"]
     assert g["kept"] == "stage2" and m["final_stage"] == "stage2"
+    # how close the call was: the two models' per-row answers on val, recomputed
     rows = len((tiny_web_data / "val.jsonl").read_text().splitlines())  # 40
-    assert g["rows"] == rows and g["margin"] == pytest.approx(g["stage2"] - g["stage3b"], abs=2e-6)
-    assert g["close_call"] == (g["margin"] < (g["stage2"] * (1 - g["stage2"]) / rows) ** 0.5)
+    assert g["rows"] == rows and g["runner_up"] == "stage3b"
+    assert g["margin"] == pytest.approx(g["stage2"] - g["stage3b"], abs=2e-6)
+    assert round(g["margin"] * rows) <= g["disagree"] <= rows
+    assert g["close_call"] == (g["margin"] < g["standard_error"])
     # the run's model is the stage-2 weights stage 3a cleaned with (best.pt, D12), scored as logged
     model, *_ = load_run_model(run)
     assert _same_weights(load_checkpoint(run / "stage2" / "best.pt")["model"], model.state_dict())

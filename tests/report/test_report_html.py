@@ -228,6 +228,6 @@ def test_choices_table_names_every_candidate_and_the_kept_one():
     assert "offline keep rule" not in html
     assert html.count("<td class=\"l\">–</td>") == 2  # no lead recorded (runs before it was)
     close = choices_table({"online_rule": {"chosen": "top1", "split": "holdout", "rules": {
-        "paper": {"score": 0.57}, "top1": {"score": 0.58}}, "margin": 0.01, "standard_error": 0.0349,
-        "rows": 200, "close_call": True}})
-    assert "+1.0 pts (s.e. 3.5, 200 rows) <b>close call</b>" in close
+        "paper": {"score": 0.57}, "top1": {"score": 0.58}}, "margin": 0.01, "standard_error": 0.0274,
+        "runner_up": "paper", "disagree": 30, "rows": 200, "close_call": True}})
+    assert "+1.0 pts (paired s.e. 2.7; 30 of 200 rows decide) <b>close call</b>" in close

@@ -379,22 +379,16 @@ def _branch(p: _Pipeline, rule: str, where: str, fps: dict[str, str]) -> _Pipeli
     return sub
 
 
-def _close_call(p: _Pipeline, scores: dict[str, float | None], chosen: str) -> dict[str, Any]:
-    """:func:`~capro.engine.selection.close_call` of a choice on the run's selecting split."""
-    scorer = p.scorer()
-    if scorer is None or scorer.select is None:
-        return {}
-    return close_call(scores, chosen, len(scorer.splits[scorer.select]), scorer.metric)
-
-
 def _go_on_with(p: _Pipeline, sub: _Pipeline, stages: tuple[str, ...], model: CAPro,
-                scores: dict[str, float | None], chosen: str, what: str) -> dict[str, Any]:
+                scores: dict[str, float | None], chosen: str, what: str,
+                correct: dict[str, np.ndarray | None]) -> dict[str, Any]:
     """Put the chosen branch ``sub``'s last stage into ``model`` on every rank, publish its
     ``stages`` as the run's own (rank 0) and log every candidate's score; return how close the
-    choice was (:func:`_close_call`)."""
+    choice was (:func:`~capro.engine.selection.close_call` of ``correct``, each candidate's
+    per-row correctness on the selecting split)."""
     load_weights(model, load_checkpoint(sub.dir(stages[-1]) / "checkpoint.pt")["model"])
     model.to(p.ctx.dist.device)
-    close = _close_call(p, scores, chosen)
+    close = close_call(scores, chosen, correct)
     if p.ctx.is_main:
         for stage in stages:
             _publish(sub.dir(stage), p.dir(stage))
@@ -418,6 +412,19 @@ def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float:
     return scorer(model)[scorer.column]
 
 
+def _stage2_correct(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> np.ndarray | None:
+    """Per-row correctness on the selecting split of the stage-2 weights :func:`_stage2_score`
+    scores (the best epoch's, ``best.pt``, or ``model``'s); every rank calls."""
+    cfg = sub.ctx.cfg
+    from_best = cfg.train.keep == "best" or (cfg.stage3.epochs > 0 and cfg.clean.stage2_checkpoint == "best")
+    best = sub.dir("stage2") / "best.pt"
+    if not (from_best and best.is_file()):
+        return scorer.correct(model)
+    weights = copy.deepcopy(model)
+    load_weights(weights, load_checkpoint(best)["model"])
+    return scorer.correct(weights.to(sub.ctx.dist.device))
+
+
 def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     """D21: stage 2 once per ``method.keep_rules`` entry, each in ``RUN/online_rules/<rule>/`` and
     from the stage-1 weights ``model`` holds now, with the same anchors; the rule whose stage-2
@@ -439,15 +446,18 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     dataset = ctx.train_dataset(domain=domain)
     runs: dict[str, tuple[_Pipeline, CleaningState]] = {}
     scores: dict[str, float | None] = {}
+    correct: dict[str, np.ndarray | None] = {}
     for rule in rules:
         model.load_state_dict(start)
         sub = _branch(p, rule, "online_rules", {"stage2": fingerprint({"up": p.fps["stage2"], "rule": rule})})
         runs[rule] = (sub, sub.train("stage2", cfg.stage2, model, domain=domain, dataset=dataset))
-        score = _stage2_score(sub, model, scorer) if scorer is not None and scorer.column is not None else None
+        selects = scorer is not None and scorer.column is not None
+        score = _stage2_score(sub, model, scorer) if selects else None
         scores[rule] = broadcast_object(score)
+        correct[rule] = _stage2_correct(sub, model, scorer) if selects and len(rules) > 1 else None
     chosen = choose(scores)
     sub, cleaning = runs[chosen]
-    close = _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule")
+    close = _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule", correct)
 
     seconds = {r: float(runs[r][0].stages["stage2"].get("seconds", 0.0)) for r in scores}
     p.stages["stage2"] = {**p.stages["stage2"], "seconds": round(sum(seconds.values()), 3)}  # every branch's
@@ -469,17 +479,20 @@ def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> Offl
     scorer = p.scorer()
     runs: dict[str, tuple[_Pipeline, OfflineCleaning]] = {}
     scores: dict[str, float | None] = {}
+    correct: dict[str, np.ndarray | None] = {}
     for rule in cfg.clean.keep_rules:
         model.load_state_dict(start)
         fp3a = fingerprint({"up": p.fps["stage2"], "clean": dataclasses.asdict(cfg.clean), "rule": rule})
         sub = _branch(p, rule, "keep_rules", {
             "stage3a": fp3a, "stage3b": fingerprint({"up": fp3a, "stage": dataclasses.asdict(cfg.stage3)})})
         runs[rule] = (sub, _clean_and_fine_tune(sub, model, domain, text_distance))
-        score = scorer(model)[scorer.column] if scorer is not None and scorer.column is not None else None
+        selects = scorer is not None and scorer.column is not None
+        score = scorer(model)[scorer.column] if selects else None
         scores[rule] = broadcast_object(score)
+        correct[rule] = scorer.correct(model) if selects else None
     chosen = choose(scores)
     sub, verdict = runs[chosen]
-    close = _go_on_with(p, sub, ("stage3a", "stage3b"), model, scores, chosen, "keep rule")
+    close = _go_on_with(p, sub, ("stage3a", "stage3b"), model, scores, chosen, "keep rule", correct)
     p.keep_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
                    "rules": {r: {"score": scores[r], **runs[r][1].counts()} for r in scores}, **close}
     return verdict
@@ -525,11 +538,13 @@ def _fine_tune_lost(p: _Pipeline, model: CAPro) -> bool:
         fine = scorer(model)[scorer.column]
         before = copy.deepcopy(model)
         load_weights(before, load_checkpoint(stage2)["model"])
-        base = scorer(before.to(p.ctx.dist.device))[scorer.column]
+        before.to(p.ctx.dist.device)
+        base = scorer(before)[scorer.column]
         kept = "stage3b" if fine >= base else "stage2"
+        close = close_call({"stage3b": fine, "stage2": base}, kept,
+                           {"stage3b": scorer.correct(model), "stage2": scorer.correct(before)})
         verdict = {"split": scorer.select, "metric": scorer.metric, "stage3b": round(fine, 6),
-                   "stage2": round(base, 6), "kept": kept,
-                   **_close_call(p, {"stage3b": fine, "stage2": base}, kept)}
+                   "stage2": round(base, 6), "kept": kept, **close}
     verdict = broadcast_object(verdict)
     if verdict is None:
         return False

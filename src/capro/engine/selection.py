@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -35,29 +36,46 @@ def score_key(multi_label: bool) -> str:
     return "mAP_macro" if multi_label else "top1"
 
 
-def close_call(scores: dict[str, float | None], chosen: str, rows: int, metric: str) -> dict[str, Any]:
-    """How far a choice made on a split of ``rows`` rows (D18, D19, D21) is from a coin flip.
+def paired_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of the difference of two top-1 accuracies measured on the same rows.
 
-    ``margin``: ``chosen``'s score minus the best other candidate's; ``standard_error``: the
-    binomial standard error sqrt(p (1 - p) / rows) of a top-1 score p (the chosen one's) on that
-    many rows, the yardstick for how far apart two scores on one split must be to mean much;
-    ``close_call``: the margin is below it. {} for other metrics, or fewer than two scores."""
-    others = [v for k, v in scores.items() if k != chosen and v is not None]
-    mine = scores.get(chosen)
-    if metric != "top1" or mine is None or not others or rows <= 0:
+    ``a``, ``b``: [N] bool, whether each candidate got each row right. Only the rows where they
+    disagree carry information (McNemar): with n_ab rows only ``a`` got right and n_ba only ``b``,
+    the difference is (n_ab - n_ba) / N with standard error sqrt(n_ab + n_ba - (n_ab - n_ba)^2 / N) / N."""
+    n = len(a)
+    ab, ba = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    return float(np.sqrt(max(ab + ba - (ab - ba) ** 2 / n, 0.0)) / n) if n else 0.0
+
+
+def close_call(scores: dict[str, float | None], chosen: str,
+               correct: dict[str, np.ndarray | None]) -> dict[str, Any]:
+    """How far a choice made on the selecting split (D18, D19, D21) is from a coin flip.
+
+    ``scores``: each candidate's selecting score; ``correct``: each candidate's [N] bool
+    per-row top-1 correctness on that split. ``margin``: ``chosen``'s score minus the runner-up's;
+    ``standard_error``: :func:`paired_error` of the two; ``disagree``: rows where exactly one of
+    them is right; ``close_call``: the margin is below the standard error, so another sample of
+    validation rows could well have chosen the other way. {} without two scores or without
+    per-row correctness (multi-label)."""
+    others = {k: v for k, v in scores.items() if k != chosen and v is not None}
+    if scores.get(chosen) is None or not others:
         return {}
-    margin = mine - max(others)
-    error = (mine * (1 - mine) / rows) ** 0.5
-    return {"margin": round(margin, 6), "standard_error": round(error, 6), "rows": int(rows),
-            "close_call": bool(margin < error)}
+    runner = max(others, key=others.get)
+    a, b = correct.get(chosen), correct.get(runner)
+    if a is None or b is None or len(a) != len(b) or not len(a):
+        return {}
+    margin = float(scores[chosen]) - float(others[runner])
+    error = paired_error(a, b)
+    return {"margin": round(margin, 6), "standard_error": round(error, 6), "runner_up": runner,
+            "disagree": int(np.sum(a != b)), "rows": len(a), "close_call": bool(margin < error)}
 
 
 def describe_close_call(c: dict[str, Any]) -> str:
     """``"; a close call: ..."`` for the run's log when ``c`` (:func:`close_call`) is one, else ""."""
     if not c.get("close_call"):
         return ""
-    return (f"; a close call: {c['margin']:.4f} apart on {c['rows']} rows, within the split's standard "
-            f"error ({c['standard_error']:.4f})")
+    return (f"; a close call: {c['margin']:.4f} ahead of {c['runner_up']}, the two disagree on "
+            f"{c['disagree']} of {c['rows']} rows (paired standard error {c['standard_error']:.4f})")
 
 
 @dataclass
@@ -97,6 +115,18 @@ class EpochScorer:
     def due(self, epoch: int, epochs: int) -> bool:
         """Whether epoch ``epoch`` (0-based) of ``epochs`` is scored."""
         return self.every > 0 and ((epoch + 1) % self.every == 0 or epoch + 1 == epochs)
+
+    def correct(self, model: torch.nn.Module) -> np.ndarray | None:
+        """[N] bool: whether ``model``'s top-1 class is each selecting row's label (every rank
+        calls; the global RNG is left untouched). None for multi-label data or without a
+        selecting split."""
+        if self.select is None or self.multi_label:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            logits, targets = collect(model, self.splits[self.select], device=self.device,
+                                      batch_size=self.batch_size, workers=self.workers, amp=self.amp,
+                                      desc=f"score {self.select}", sharded=True)
+        return logits.argmax(1) == targets
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         """{"<split>_<metric>": score} for every split; the global RNG is left untouched."""

@@ -251,10 +251,12 @@ def class_table(names: list[str], verdicts: list[dict], anchors: list[dict] | No
 
 
 def _margin(c: dict) -> str:
-    """HTML cell: the chosen candidate's lead and the split's standard error (``close_call``)."""
+    """HTML cell: the chosen candidate's lead over the runner-up, its paired standard error and
+    the rows where the two disagree (:func:`capro.engine.selection.close_call`)."""
     if c.get("margin") is None:
         return "–"
-    cell = f"{100 * c['margin']:+.1f} pts (s.e. {100 * c['standard_error']:.1f}, {c['rows']} rows)"
+    cell = (f"{100 * c['margin']:+.1f} pts (paired s.e. {100 * c['standard_error']:.1f}; "
+            f"{c['disagree']} of {c['rows']} rows decide)")
     return cell + (" <b>close call</b>" if c.get("close_call") else "")
 
 
