@@ -5,8 +5,9 @@
 For each run of ``no_val.py`` (with ``val.jsonl``, and without it: 200 held-out rows scored
 against web labels) this scores the candidates of two choices on the split that made them, row by
 row: D21's two stage-2 branches (their ``best.pt``) and D18's fine-tune against the stage-2
-weights it started from. :func:`capro.engine.selection.close_call` then sets each choice's lead
-against its paired standard error (runs made since record it in ``metrics.json`` themselves).
+weights it started from. :func:`capro.engine.selection.close_call` then tests each choice's lead
+over the rows where the two candidates disagree (McNemar; runs made since record it in
+``metrics.json`` themselves).
 Writes ``benchmarks/results/close_calls.json``.
 """
 
@@ -77,7 +78,7 @@ def run_choices(run_dir: Path, data: Path) -> dict:
 
 
 def _cell(c: dict, what: str) -> str:
-    return (f"{c[what]} by {100 * c['margin']:.1f} (s.e. {100 * c['standard_error']:.1f}; "
+    return (f"{c[what]} by {100 * c['margin']:.1f} (p = {c['p_value']:.2f}; "
             f"{c['disagree']} rows decide){' **close**' if c['close_call'] else ''}")
 
 

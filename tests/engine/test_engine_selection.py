@@ -77,6 +77,8 @@ def test_paired_error_counts_only_the_rows_where_the_two_disagree():
 
 
 def test_close_call_weighs_the_lead_against_the_rows_that_decide_it():
+    import math
+
     rng = np.random.default_rng(0)
     base = rng.random(200) < 0.57
     top1 = base.copy()
@@ -87,24 +89,31 @@ def test_close_call_weighs_the_lead_against_the_rows_that_decide_it():
     c = close_call(scores, chosen, {"paper": base, "top1": top1, "th0.3": None})
     assert c["runner_up"] == runner and c["disagree"] == 30 and c["rows"] == 200
     assert c["margin"] == pytest.approx(scores[chosen] - scores[runner])
-    assert c["standard_error"] == pytest.approx(paired_error(base if chosen == "paper" else top1,
-                                                              top1 if chosen == "paper" else base), abs=1e-6)
-    assert c["close_call"] == (c["margin"] < c["standard_error"])
-    # a lead of 20 rows where they disagree on 20: every deciding row goes one way,
-    # s.e. sqrt(20 - 20^2 / 200) / 200 = 0.0212, far below the lead of 0.1
+    answers = {"paper": base, "top1": top1}
+    assert c["standard_error"] == pytest.approx(paired_error(answers[chosen], answers[runner]), abs=1e-6)
+    # McNemar with continuity correction: z = (lead in rows - 1) / sqrt(rows that decide)
+    z = max(round(c["margin"] * 200) - 1, 0) / math.sqrt(30)
+    assert c["p_value"] == pytest.approx(math.erfc(z / math.sqrt(2)), abs=1e-4)
+    assert c["close_call"] == (c["p_value"] >= 0.05)
+    # a lead of 20 rows where they disagree on 20: every deciding row goes one way;
+    # z = 19 / sqrt(20) = 4.25, p = 2.1e-5: not a close call
     wins = base.copy()
-    idx = np.flatnonzero(~base)[:20]
-    wins[idx] = True
+    wins[np.flatnonzero(~base)[:20]] = True
     c = close_call({"a": float(wins.mean()), "b": float(base.mean())}, "a", {"a": wins, "b": base})
     assert c["disagree"] == 20 and c["margin"] == pytest.approx(0.1)
     assert c["standard_error"] == pytest.approx(np.sqrt(18) / 200, abs=1e-6)
+    assert c["p_value"] == pytest.approx(math.erfc(19 / math.sqrt(20) / math.sqrt(2)), abs=1e-4)
     assert c["close_call"] is False and describe_close_call(c) == ""
+    # a lead of 2 rows, both deciding rows one way: z = 1 / sqrt(2), p = 0.48, a close call
+    two = base.copy()
+    two[np.flatnonzero(~base)[:2]] = True
+    assert close_call({"a": float(two.mean()), "b": float(base.mean())}, "a", {"a": two, "b": base})["close_call"]
     # a tie with different answers is a close call (the guard keeps the fine-tune on a tie)
     tie = close_call({"stage3b": 0.5, "stage2": 0.5}, "stage3b",
                      {"stage3b": np.array([1, 0], bool), "stage2": np.array([0, 1], bool)})
-    assert tie["close_call"] is True
-    assert describe_close_call(tie) == ("; a close call: 0.0000 ahead of stage2, the two disagree on 2 of 2 rows "
-                                        "(paired standard error 0.7071)")  # sqrt(1 + 1) / 2
+    assert tie["close_call"] is True and tie["p_value"] == 1.0
+    assert describe_close_call(tie) == ("; a close call: 0.0000 ahead of stage2, not significant "
+                                        "(McNemar p = 1.00; the two disagree on 2 of 2 rows)")
     # no per-row answers (multi-label), or one score: no verdict
     assert close_call({"paper": 70.0, "top1": 71.0}, "top1", {"paper": None, "top1": None}) == {}
     assert close_call({"paper": 0.5, "top1": None}, "paper", {"paper": base, "top1": top1}) == {}
@@ -228,7 +237,7 @@ def test_fine_tune_guard_hands_on_stage2_when_the_fine_tune_scores_lower(tiny_we
     assert g["rows"] == rows and g["runner_up"] == "stage3b"
     assert g["margin"] == pytest.approx(g["stage2"] - g["stage3b"], abs=2e-6)
     assert round(g["margin"] * rows) <= g["disagree"] <= rows
-    assert g["close_call"] == (g["margin"] < g["standard_error"])
+    assert g["close_call"] == (g["p_value"] >= 0.05)
     # the run's model is the stage-2 weights stage 3a cleaned with (best.pt, D12), scored as logged
     model, *_ = load_run_model(run)
     assert _same_weights(load_checkpoint(run / "stage2" / "best.pt")["model"], model.state_dict())

@@ -229,5 +229,5 @@ def test_choices_table_names_every_candidate_and_the_kept_one():
     assert html.count("<td class=\"l\">–</td>") == 2  # no lead recorded (runs before it was)
     close = choices_table({"online_rule": {"chosen": "top1", "split": "holdout", "rules": {
         "paper": {"score": 0.57}, "top1": {"score": 0.58}}, "margin": 0.01, "standard_error": 0.0274,
-        "runner_up": "paper", "disagree": 30, "rows": 200, "close_call": True}})
-    assert "+1.0 pts (paired s.e. 2.7; 30 of 200 rows decide) <b>close call</b>" in close
+        "runner_up": "paper", "disagree": 30, "rows": 200, "p_value": 0.8548, "close_call": True}})
+    assert "+1.0 pts (McNemar p = 0.85; 30 of 200 rows decide) <b>close call</b>" in close

@@ -21,6 +21,7 @@ Scoring runs under a forked RNG, so a run with validation trains exactly like on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,16 +48,22 @@ def paired_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(max(ab + ba - (ab - ba) ** 2 / n, 0.0)) / n) if n else 0.0
 
 
+CLOSE_CALL_P = 0.05
+"""A choice whose lead has a McNemar p-value at or above this is a close call."""
+
+
 def close_call(scores: dict[str, float | None], chosen: str,
                correct: dict[str, np.ndarray | None]) -> dict[str, Any]:
     """How far a choice made on the selecting split (D18, D19, D21) is from a coin flip.
 
-    ``scores``: each candidate's selecting score; ``correct``: each candidate's [N] bool
-    per-row top-1 correctness on that split. ``margin``: ``chosen``'s score minus the runner-up's;
-    ``standard_error``: :func:`paired_error` of the two; ``disagree``: rows where exactly one of
-    them is right; ``close_call``: the margin is below the standard error, so another sample of
-    validation rows could well have chosen the other way. {} without two scores or without
-    per-row correctness (multi-label)."""
+    ``scores``: each candidate's selecting score (top-1); ``correct``: each candidate's [N] bool
+    per-row correctness on that split. The two best candidates answered the same rows, so only
+    the ``disagree`` rows where exactly one is right decide between them (McNemar). ``margin``:
+    ``chosen``'s score minus the runner-up's; ``standard_error``: :func:`paired_error`;
+    ``p_value``: McNemar's two-sided test with continuity correction,
+    z = (|margin| N - 1) / sqrt(disagree); ``close_call``: p >= :data:`CLOSE_CALL_P` (the lead
+    is not significant: another sample of validation rows could well have chosen the other way).
+    {} without two scores or without per-row correctness (multi-label)."""
     others = {k: v for k, v in scores.items() if k != chosen and v is not None}
     if scores.get(chosen) is None or not others:
         return {}
@@ -64,18 +71,20 @@ def close_call(scores: dict[str, float | None], chosen: str,
     a, b = correct.get(chosen), correct.get(runner)
     if a is None or b is None or len(a) != len(b) or not len(a):
         return {}
+    n, disagree = len(a), int(np.sum(a != b))
     margin = float(scores[chosen]) - float(others[runner])
-    error = paired_error(a, b)
-    return {"margin": round(margin, 6), "standard_error": round(error, 6), "runner_up": runner,
-            "disagree": int(np.sum(a != b)), "rows": len(a), "close_call": bool(margin < error)}
+    z = max(abs(margin) * n - 1.0, 0.0) / np.sqrt(disagree) if disagree else 0.0
+    p = float(math.erfc(z / math.sqrt(2.0)))
+    return {"margin": round(margin, 6), "standard_error": round(paired_error(a, b), 6), "runner_up": runner,
+            "disagree": disagree, "rows": n, "p_value": round(p, 4), "close_call": bool(p >= CLOSE_CALL_P)}
 
 
 def describe_close_call(c: dict[str, Any]) -> str:
     """``"; a close call: ..."`` for the run's log when ``c`` (:func:`close_call`) is one, else ""."""
     if not c.get("close_call"):
         return ""
-    return (f"; a close call: {c['margin']:.4f} ahead of {c['runner_up']}, the two disagree on "
-            f"{c['disagree']} of {c['rows']} rows (paired standard error {c['standard_error']:.4f})")
+    return (f"; a close call: {c['margin']:.4f} ahead of {c['runner_up']}, not significant "
+            f"(McNemar p = {c['p_value']:.2f}; the two disagree on {c['disagree']} of {c['rows']} rows)")
 
 
 @dataclass

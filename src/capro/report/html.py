@@ -251,11 +251,11 @@ def class_table(names: list[str], verdicts: list[dict], anchors: list[dict] | No
 
 
 def _margin(c: dict) -> str:
-    """HTML cell: the chosen candidate's lead over the runner-up, its paired standard error and
-    the rows where the two disagree (:func:`capro.engine.selection.close_call`)."""
+    """HTML cell: the chosen candidate's lead over the runner-up, its McNemar p-value and the
+    rows where the two disagree (:func:`capro.engine.selection.close_call`)."""
     if c.get("margin") is None:
         return "–"
-    cell = (f"{100 * c['margin']:+.1f} pts (paired s.e. {100 * c['standard_error']:.1f}; "
+    cell = (f"{100 * c['margin']:+.1f} pts (McNemar p = {c['p_value']:.2f}; "
             f"{c['disagree']} of {c['rows']} rows decide)")
     return cell + (" <b>close call</b>" if c.get("close_call") else "")
 
@@ -279,8 +279,9 @@ def choices_table(m: dict) -> str:
         return ""
     body = "".join(f'<tr><td class="l">{a}</td><td class="l">{b}</td><td class="l">{c}</td><td class="l">{d}</td>'
                    f'<td>{e}</td></tr>' for a, b, c, d, e in rows)
-    return ('<h3>Chosen on validation</h3><p>A lead below the split\'s standard error is a close call: '
-            'another sample of validation rows could well have chosen the other way.</p>'
+    return ('<h3>Chosen on validation</h3><p>A lead that is not significant (McNemar p &ge; 0.05 over '
+            'the rows where the two candidates disagree) is a close call: another sample of validation '
+            'rows could well have chosen the other way.</p>'
             '<table><tr><th class="l">choice</th><th class="l">kept</th><th class="l">scores</th>'
             f'<th class="l">lead</th><th>split</th></tr>{body}</table>')
 
