@@ -401,13 +401,16 @@ def _go_on_with(p: _Pipeline, sub: _Pipeline, stages: tuple[str, ...], model: CA
     return close
 
 
+def _goes_on_from_best(cfg: Config) -> bool:
+    """Whether the run goes on with stage 2's best epoch: it keeps it, or cleans offline from it (D12)."""
+    return cfg.train.keep == "best" or (cfg.stage3.epochs > 0 and cfg.clean.stage2_checkpoint == "best")
+
+
 def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float:
     """The validation score of the stage-2 weights the run goes on with: the best epoch's when the
     run keeps it or cleans offline from it (D12), else that of ``model`` (what stage 2 handed on)."""
-    cfg = sub.ctx.cfg
     info = sub.stages.get("stage2", {})
-    from_best = cfg.train.keep == "best" or (cfg.stage3.epochs > 0 and cfg.clean.stage2_checkpoint == "best")
-    if from_best and info.get("best_val") is not None:
+    if _goes_on_from_best(sub.ctx.cfg) and info.get("best_val") is not None:
         return float(info["best_val"])
     return scorer(model)[scorer.column]
 
@@ -415,10 +418,8 @@ def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float:
 def _stage2_correct(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> np.ndarray | None:
     """Per-row correctness on the selecting split of the stage-2 weights :func:`_stage2_score`
     scores (the best epoch's, ``best.pt``, or ``model``'s); every rank calls."""
-    cfg = sub.ctx.cfg
-    from_best = cfg.train.keep == "best" or (cfg.stage3.epochs > 0 and cfg.clean.stage2_checkpoint == "best")
     best = sub.dir("stage2") / "best.pt"
-    if not (from_best and best.is_file()):
+    if not (_goes_on_from_best(sub.ctx.cfg) and best.is_file()):
         return scorer.correct(model)
     weights = copy.deepcopy(model)
     load_weights(weights, load_checkpoint(best)["model"])
