@@ -5,6 +5,7 @@
     python benchmarks/no_val.py --seed 100 101 --variants without_val_any --val-curve   # D23's choice
     python benchmarks/no_val.py --windows 1 3 5 7 9 11 15 21
     python benchmarks/no_val.py --windows 15 --tolerance 0.005    # the earliest epoch within 0.005
+    python benchmarks/no_val.py --windows 15 --branches paper     # D21 kept to its first rule
     python benchmarks/no_val.py --clean-windows 1 3 5 9 15 21   # the same with a clean val.jsonl
     python benchmarks/no_val.py --refit    # replay: the held-out rows returned to training
 
@@ -80,16 +81,18 @@ def _curves(run_dir: Path) -> dict:
 
 
 def chosen_by_window(curves: dict, window: int | None, *, select: str = "holdout_top1",
-                     read: str = "test_top1", tolerance: float = 0.0) -> tuple[str, int, float]:
+                     read: str = "test_top1", tolerance: float = 0.0,
+                     branches: list[str] | None = None) -> tuple[str, int, float]:
     """What stage 2 would have handed on under D21 and a selecting window (None: each branch's
     last epoch): (branch, epoch, the ``read`` score there). ``curves``: one run's per-branch
     curves (:func:`_curves`); epochs and branches are chosen on ``select`` (a ``--val-curve`` run:
     ``holdout_top1``, its ``test_top1`` being clean validation; a run with ``val.jsonl``:
     ``val_top1``, read on ``test_top1``). ``tolerance``: within a branch, the earliest epoch whose
-    mean is within it of the branch's best (branches still compared on their best)."""
+    mean is within it of the branch's best (branches still compared on their best). ``branches``:
+    only these compete (e.g. ``["paper"]``: D21 falling back to its first rule)."""
     best = None
     for branch, c in curves.items():
-        if branch == "stage2":  # the published copy of the chosen branch
+        if branch == "stage2" or (branches and branch not in branches):  # stage2: the published copy
             continue
         held = np.asarray(c[select], dtype=float)
         if window is None:
@@ -105,7 +108,7 @@ def chosen_by_window(curves: dict, window: int | None, *, select: str = "holdout
 
 
 def window_table(windows: list[int], runs: dict | None = None, *, select: str = "holdout_top1",
-                 tolerance: float = 0.0) -> str:
+                 tolerance: float = 0.0, branches: list[str] | None = None) -> str:
     """Markdown: the ``test_top1`` curve's score at stage 2's pick per window (columns) and run
     (rows); ``runs`` {key: result with ``curves``}, default the ``--val-curve`` runs (whose
     ``test_top1`` is clean validation)."""
@@ -117,7 +120,8 @@ def window_table(windows: list[int], runs: dict | None = None, *, select: str = 
     for key, res in sorted(runs.items()):
         cells = []
         for w in cols:
-            branch, epoch, val = chosen_by_window(res["curves"], w, select=select, tolerance=tolerance)
+            branch, epoch, val = chosen_by_window(res["curves"], w, select=select, tolerance=tolerance,
+                                                  branches=branches)
             picks[w].append(val)
             cells.append(f"{100 * val:.1f} ({branch} {epoch})")
         lines.append(f"| {key.split('/without')[0].split('/with_val')[0]} | " + " | ".join(cells) + " |")
@@ -217,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the table choosing D23's window from the --val-curve runs and exit")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="with --windows: hand on the earliest epoch whose mean is within this of the best")
+    p.add_argument("--branches", nargs="+",
+                   help="with --windows: only these D21 branches compete (e.g. paper: the first rule only)")
     p.add_argument("--clean-windows", type=int, nargs="*",
                    help="print the same table for a clean val.jsonl (validation seeds' runs with it, "
                         "selecting on val, read on test) and exit")
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(refit_replay(args.work))
         return 0
     if args.windows:
-        print(window_table(args.windows, tolerance=args.tolerance))
+        print(window_table(args.windows, tolerance=args.tolerance, branches=args.branches))
         return 0
     if args.clean_windows:
         print(window_table(args.clean_windows, clean_window_runs(args.work), select="val_top1"))

@@ -52,3 +52,5 @@ def test_window_replay_with_a_tolerance_hands_on_the_earliest_near_best_epoch(no
     assert no_val.chosen_by_window(curves, 1, tolerance=0.015) == ("paper", 1, 0.2)
     # branches are still compared on their best: top1's 0.40 never wins
     assert no_val.chosen_by_window(curves, 1, tolerance=0.5) == ("paper", 0, 0.1)
+    # only the named branches compete
+    assert no_val.chosen_by_window(curves, 1, branches=["top1"]) == ("top1", 0, 0.9)
