@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,10 @@ from common import (  # noqa: E402
     row_overrides,
     update_markdown,
 )
-from quality import DEFAULT_WORK, ensure_data, log  # noqa: E402
+from quality import DEFAULT_WORK, ensure_data, run_once  # noqa: E402
 
 from capro.config import load_config  # noqa: E402
-from capro.utils.io import read_json, write_json  # noqa: E402
+from capro.utils.io import read_json  # noqa: E402
 
 RULES = ("paper", "top1")
 OUT = RESULTS / "online_rules"
@@ -91,13 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("seeds 0-2 are the table's; choose defaults on other seeds")
     for seed in args.seed:
         for profile in args.profile:
-            out = OUT / f"{profile}_seed{seed}.json"
-            if out.is_file():
-                continue
-            log(f"{profile} seed {seed}: running")
-            res = run_one(profile, seed, args.work)
-            write_json(out, res)
-            log(f"{profile} seed {seed}: chose {res['online_rule']['chosen']}, val {res['val']['top1']}")
+            run_once(OUT / f"{profile}_seed{seed}.json", f"{profile} seed {seed}",
+                     partial(run_one, profile, seed, args.work),
+                     lambda res: f"chose {res['online_rule']['chosen']}, val {res['val']['top1']}")
     rows = [read_json(f) for f in sorted(OUT.glob("*.json"))]
     if rows:
         print(table(rows))

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,20 @@ DEFAULT_WORK = Path(os.environ.get("CAPRO_BENCH_WORK", "/tmp/capro-bench"))
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_once(path: Path, label: str, run: Callable[[], dict[str, Any]],
+             done: Callable[[dict[str, Any]], str]) -> dict[str, Any] | None:
+    """One row of a resumable benchmark: skip it when ``path`` exists (None), else ``run()`` it,
+    write its result to ``path`` atomically and log ``label: done(result)``."""
+    if path.is_file():
+        log(f"{label}: done already")
+        return None
+    log(f"{label}: running")
+    res = run()
+    write_json(path, res)
+    log(f"{label}: {done(res)}")
+    return res
 
 
 def result_path(results: Path, size: Size, profile: str, row: str, seed: int) -> Path:

@@ -17,14 +17,15 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, SIZES, machine_info, pct, row_overrides  # noqa: E402
-from quality import DEFAULT_WORK, ensure_data, log  # noqa: E402
+from quality import DEFAULT_WORK, ensure_data, run_once  # noqa: E402
 
-from capro.utils.io import read_json, write_json  # noqa: E402
+from capro.utils.io import read_json  # noqa: E402
 
 OUT = RESULTS / "short_average"
 
@@ -80,13 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [] if args.table_only else args.seed:
         for profile in args.profile:
             for ema in args.ema:
-                path = OUT / f"{profile}_seed{seed}_ema{ema:g}.json"
-                if path.is_file():
-                    continue
-                log(f"{profile} seed {seed} ema {ema:g}: running")
-                res = run(profile, seed, ema, args.work)
-                write_json(path, res)
-                log(f"{profile} seed {seed} ema {ema:g}: validation top-1 {res['val_top1']:.4f}")
+                run_once(OUT / f"{profile}_seed{seed}_ema{ema:g}.json", f"{profile} seed {seed} ema {ema:g}",
+                         partial(run, profile, seed, ema, args.work),
+                         lambda res: f"validation top-1 {res['val_top1']:.4f}")
     print(table(args.profile, args.seed, args.ema))
     return 0
 

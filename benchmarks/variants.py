@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,10 @@ from common import (  # noqa: E402
     row_overrides,
     update_markdown,
 )
-from quality import DEFAULT_WORK, _link_tree, curve_fields, ensure_data, log  # noqa: E402
+from quality import DEFAULT_WORK, _link_tree, curve_fields, ensure_data, run_once  # noqa: E402
 
 from capro.config import load_config  # noqa: E402
-from capro.utils.io import read_json, write_json  # noqa: E402
+from capro.utils.io import read_json  # noqa: E402
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
@@ -140,15 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     for profile in args.profile:
         for name in args.variants:
-            out = RESULTS / "variants" / f"{profile}_seed{args.seed}_{name}.json"
-            if out.is_file():
-                log(f"{profile} {name}: done already")
-                continue
-            log(f"{profile} {name}: running")
-            res = run_variant(name, profile, args.seed, args.work)
-            write_json(out, res)
-            log(f"{profile} {name}: val top-1 {res['val']['top1']:.4f} (best-val epoch "
-                f"{res['best_epoch']}: {res['val_best']}) noise F1 {res['val']['noise_f1']}")
+            run_once(RESULTS / "variants" / f"{profile}_seed{args.seed}_{name}.json", f"{profile} {name}",
+                     partial(run_variant, name, profile, args.seed, args.work),
+                     lambda res: f"val top-1 {res['val']['top1']:.4f} (best-val epoch {res['best_epoch']}: "
+                                 f"{res['val_best']}) noise F1 {res['val']['noise_f1']}")
     if args.markdown:
         update_markdown("variants-long", variants_table([read_json(f) for f in
                                                           sorted((RESULTS / "variants").glob("*.json"))]))
