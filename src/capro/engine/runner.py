@@ -406,24 +406,22 @@ def _goes_on_from_best(cfg: Config) -> bool:
     return cfg.train.keep == "best" or (cfg.stage3.epochs > 0 and cfg.clean.stage2_checkpoint == "best")
 
 
-def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> float:
+def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer, *,
+                  rows: bool) -> tuple[float | None, np.ndarray | None]:
     """The validation score of the stage-2 weights the run goes on with: the best epoch's when the
-    run keeps it or cleans offline from it (D12), else that of ``model`` (what stage 2 handed on)."""
+    run keeps it or cleans offline from it (D12), else that of ``model`` (what stage 2 handed on);
+    with ``rows``, also those weights' per-row correctness on the selecting split
+    (:meth:`~capro.engine.selection.EpochScorer.select_rows`). Every rank calls."""
     info = sub.stages.get("stage2", {})
-    if _goes_on_from_best(sub.ctx.cfg) and info.get("best_val") is not None:
-        return float(info["best_val"])
-    return scorer(model)[scorer.column]
-
-
-def _stage2_correct(sub: _Pipeline, model: CAPro, scorer: EpochScorer) -> np.ndarray | None:
-    """Per-row correctness on the selecting split of the stage-2 weights :func:`_stage2_score`
-    scores (the best epoch's, ``best.pt``, or ``model``'s); every rank calls."""
     best = sub.dir("stage2") / "best.pt"
-    if not (_goes_on_from_best(sub.ctx.cfg) and best.is_file()):
-        return scorer.correct(model)
+    if not (_goes_on_from_best(sub.ctx.cfg) and info.get("best_val") is not None):
+        score, correct = scorer.select_rows(model)
+        return score, correct if rows else None
+    if not (rows and best.is_file()):
+        return float(info["best_val"]), None
     weights = copy.deepcopy(model)
     load_weights(weights, load_checkpoint(best)["model"])
-    return scorer.correct(weights.to(sub.ctx.dist.device))
+    return float(info["best_val"]), scorer.select_rows(weights.to(sub.ctx.dist.device))[1]
 
 
 def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
@@ -453,9 +451,8 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
         sub = _branch(p, rule, "online_rules", {"stage2": fingerprint({"up": p.fps["stage2"], "rule": rule})})
         runs[rule] = (sub, sub.train("stage2", cfg.stage2, model, domain=domain, dataset=dataset))
         selects = scorer is not None and scorer.column is not None
-        score = _stage2_score(sub, model, scorer) if selects else None
+        score, correct[rule] = _stage2_score(sub, model, scorer, rows=len(rules) > 1) if selects else (None, None)
         scores[rule] = broadcast_object(score)
-        correct[rule] = _stage2_correct(sub, model, scorer) if selects and len(rules) > 1 else None
     chosen = choose(scores)
     sub, cleaning = runs[chosen]
     close = _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule", correct)
@@ -487,10 +484,8 @@ def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> Offl
         sub = _branch(p, rule, "keep_rules", {
             "stage3a": fp3a, "stage3b": fingerprint({"up": fp3a, "stage": dataclasses.asdict(cfg.stage3)})})
         runs[rule] = (sub, _clean_and_fine_tune(sub, model, domain, text_distance))
-        selects = scorer is not None and scorer.column is not None
-        score = scorer(model)[scorer.column] if selects else None
+        score, correct[rule] = scorer.select_rows(model) if scorer is not None else (None, None)
         scores[rule] = broadcast_object(score)
-        correct[rule] = scorer.correct(model) if selects else None
     chosen = choose(scores)
     sub, verdict = runs[chosen]
     close = _go_on_with(p, sub, ("stage3a", "stage3b"), model, scores, chosen, "keep rule", correct)
@@ -536,14 +531,12 @@ def _fine_tune_lost(p: _Pipeline, model: CAPro) -> bool:
     stage2 = stage2_weights(p.ctx.run_dir, p.ctx.cfg)
     verdict = None
     if scorer is not None and scorer.column is not None:
-        fine = scorer(model)[scorer.column]
+        fine, fine_rows = scorer.select_rows(model)
         before = copy.deepcopy(model)
         load_weights(before, load_checkpoint(stage2)["model"])
-        before.to(p.ctx.dist.device)
-        base = scorer(before)[scorer.column]
+        base, base_rows = scorer.select_rows(before.to(p.ctx.dist.device))
         kept = "stage3b" if fine >= base else "stage2"
-        close = close_call({"stage3b": fine, "stage2": base}, kept,
-                           {"stage3b": scorer.correct(model), "stage2": scorer.correct(before)})
+        close = close_call({"stage3b": fine, "stage2": base}, kept, {"stage3b": fine_rows, "stage2": base_rows})
         verdict = {"split": scorer.select, "metric": scorer.metric, "stage3b": round(fine, 6),
                    "stage2": round(base, 6), "kept": kept, **close}
     verdict = broadcast_object(verdict)

@@ -125,17 +125,20 @@ class EpochScorer:
         """Whether epoch ``epoch`` (0-based) of ``epochs`` is scored."""
         return self.every > 0 and ((epoch + 1) % self.every == 0 or epoch + 1 == epochs)
 
-    def correct(self, model: torch.nn.Module) -> np.ndarray | None:
-        """[N] bool: whether ``model``'s top-1 class is each selecting row's label (every rank
-        calls; the global RNG is left untouched). None for multi-label data or without a
-        selecting split."""
-        if self.select is None or self.multi_label:
-            return None
+    def select_rows(self, model: torch.nn.Module) -> tuple[float | None, np.ndarray | None]:
+        """``model``'s score on the selecting split and, single-label, its per-row correctness
+        ([N] bool: the top-1 class is the row's label; None for multi-label), from one scoring pass
+        (every rank calls; the global RNG is left untouched). (None, None) without a selecting split."""
+        if self.select is None:
+            return None, None
         with torch.random.fork_rng(devices=[]):
             logits, targets = collect(model, self.splits[self.select], device=self.device,
                                       batch_size=self.batch_size, workers=self.workers, amp=self.amp,
                                       desc=f"score {self.select}", sharded=True)
-        return logits.argmax(1) == targets
+        if not len(targets):
+            return None, None
+        score = float(metrics_from_logits(logits, targets, multi_label=self.multi_label)[self.metric])
+        return score, None if self.multi_label else logits.argmax(1) == targets
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         """{"<split>_<metric>": score} for every split; the global RNG is left untouched."""
