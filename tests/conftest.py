@@ -34,6 +34,13 @@ TINY_RUN_OVERRIDES = ["model.backbone=simple_cnn"]
 
 
 @pytest.fixture(scope="session")
+def tiny_run_overrides() -> list[str]:
+    """:data:`TINY_RUN_OVERRIDES`, for tests that launch the same run themselves (a fixture, since
+    ``from conftest import`` can resolve to another directory's ``conftest.py``)."""
+    return list(TINY_RUN_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tiny_web_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A finished ``capro run`` (preset tiny, all stages) on :func:`tiny_web_data`: (RUN, metrics)."""
     from capro.config import load_config

@@ -18,13 +18,11 @@ import sys
 import numpy as np
 from _launch import free_port
 
-from conftest import TINY_RUN_OVERRIDES
-
 LAUNCHER = os.path.join(os.path.dirname(__file__), "_launch.py")
 RECOMPUTED = ["text", "features", "graph", "match", "anchors", "stage3a", "eval", "metrics.json", "model.pt"]
 
 
-def test_two_processes_share_the_passes_and_match_one(tiny_run, tiny_web_data, tmp_path):
+def test_two_processes_share_the_passes_and_match_one(tiny_run, tiny_run_overrides, tiny_web_data, tmp_path):
     one, two = tiny_run[0], tmp_path / "two"
     shutil.copytree(one, two)
     for name in RECOMPUTED:
@@ -32,7 +30,7 @@ def test_two_processes_share_the_passes_and_match_one(tiny_run, tiny_web_data, t
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), LAUNCHER, "run", str(tiny_web_data), *TINY_RUN_OVERRIDES,
+         "--master_port", str(free_port()), LAUNCHER, "run", str(tiny_web_data), *tiny_run_overrides,
          "--preset", "tiny", "--device", "cpu", "--out", str(two)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "CAPRO_TEST_GN": "", "CAPRO_TEST_AT": ""})
     assert done.returncode == 0, done.stderr[-3000:]
