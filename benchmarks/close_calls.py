@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
 from common import RESULTS, SIZES, git_commit, machine_info  # noqa: E402
 from quality import DEFAULT_WORK, size_tag  # noqa: E402
 
@@ -47,19 +46,18 @@ def run_choices(run_dir: Path, data: Path) -> dict:
     choice it did not make is left out)."""
     from capro.data.batched import make_eval_dataset
     from capro.engine.checkpoint import load_checkpoint
-    from capro.engine.evaluate import collect
     from capro.engine.runner import load_run_model, stage2_weights
-    from capro.engine.selection import close_call
+    from capro.engine.selection import EpochScorer, close_call
     from capro.engine.stages import load_weights
 
     model, classes, cfg, _ = load_run_model(run_dir, "cpu")
     records = _selecting_records(run_dir, data, classes)
     ds = make_eval_dataset(cfg, data, records, len(classes), multi_label=False, cache_dir=run_dir / "cache")
+    scorer = EpochScorer({"select": ds}, "select", multi_label=False, batch_size=cfg.train.eval_batch_size)
 
     def correct(path: Path):
         load_weights(model, load_checkpoint(path)["model"])
-        logits, target = collect(model.eval(), ds, device=torch.device("cpu"), batch_size=cfg.train.eval_batch_size)
-        return logits.argmax(1) == target
+        return scorer.select_rows(model)[1]  # the engine's per-row answers
 
     metrics = read_json(run_dir / "metrics.json")
     out = {"split": (metrics.get("validation") or {}).get("split")}
