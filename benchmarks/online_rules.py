@@ -87,15 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", nargs="+", type=int, default=[100, 101])
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     p.add_argument("--markdown", action="store_true", help="write the table into BENCHMARKS.md (online-rules)")
+    p.add_argument("--tag", default="", help="record into benchmarks/results/online_rules/TAG/ "
+                   "(a re-measurement at a later commit keeps the earlier files)")
     args = p.parse_args(argv)
+    out = OUT / args.tag if args.tag else OUT
     if set(args.seed) & {0, 1, 2}:
         p.error("seeds 0-2 are the table's; choose defaults on other seeds")
     for seed in args.seed:
         for profile in args.profile:
-            run_once(OUT / f"{profile}_seed{seed}.json", f"{profile} seed {seed}",
+            run_once(out / f"{profile}_seed{seed}.json", f"{profile} seed {seed}",
                      partial(run_one, profile, seed, args.work),
                      lambda res: f"chose {res['online_rule']['chosen']}, val {res['val']['top1']}")
-    rows = [read_json(f) for f in sorted(OUT.glob("*.json"))]
+    rows = [read_json(f) for f in sorted(out.glob("*.json"))]
     if rows:
         print(table(rows))
         if args.markdown:
