@@ -547,3 +547,42 @@ def test_loss_decreases_on_a_separable_problem(multi_label):
     else:
         acc = (logits.argmax(1) == target).float().mean()
     assert acc > 0.8
+
+
+# ---------------------------------------------------------------- plain-CE runs build no dead parts
+def _train_ce_steps(model, multi_label, steps=3):
+    """A few SGD steps (momentum, weight decay) with every optional term off, as the ``ce`` row."""
+    flags = StepFlags(bootstrap="none", w_inst=0.0, w_recn=0.0)
+    params = [p for k, p in model.named_parameters() if not k.startswith("encoder_k.")]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for step in range(steps):
+        out = model.training_step(make_batch(multi_label=multi_label, seed=10 + step), flags)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return out
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_lean_model_trains_the_same_weights_to_the_bit(multi_label):
+    full = make_model(multi_label=multi_label)
+    lean = make_model(multi_label=multi_label, momentum_keys=False, reconstructor=False)
+    assert not hasattr(lean, "encoder_k") and "queue" not in dict(lean.named_buffers())
+    assert lean.reconstructor is None and not hasattr(lean, "projection_k")
+    full_out = _train_ce_steps(full, multi_label)
+    lean_out = _train_ce_steps(lean, multi_label)
+    assert torch.equal(full_out.loss, lean_out.loss)
+    assert set(lean_out.terms) == {"cls", "aux"} == set(full_out.terms)
+    lean_state = lean.state_dict()
+    shared = [k for k in full.state_dict() if k in lean_state]
+    assert len(shared) == len(lean_state)
+    for key in shared:
+        assert torch.equal(full.state_dict()[key], lean_state[key]), key
+
+
+def test_lean_model_refuses_a_step_that_needs_keys():
+    lean = make_model(momentum_keys=False, reconstructor=False)
+    with pytest.raises(ConfigError, match="instance loss"):
+        lean.training_step(make_batch(), StepFlags(bootstrap="none", w_inst=1.0, w_recn=0.0))
+    with pytest.raises(ConfigError, match="collective"):
+        lean.training_step(make_batch(), StepFlags(bootstrap="collective", w_inst=0.0, w_recn=0.0))

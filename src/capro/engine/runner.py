@@ -51,6 +51,7 @@ from capro.engine.stages import (
     build_model,
     dump_features,
     load_weights,
+    model_parts,
     offline_clean,
     train_stage,
 )
@@ -666,7 +667,7 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
         if multi and rules:
             warnings.warn(f"{key} chooses among single-label keep rules; this multi-label run "
                           "cleans with its method's rule only", stacklevel=2)
-    if info.is_main and queue_too_big(cfg.model.queue, len(train.records)):
+    if info.is_main and model_parts(cfg)["momentum_keys"] and queue_too_big(cfg.model.queue, len(train.records)):
         warnings.warn(f"model.queue={cfg.model.queue} holds more than half of the "
                       f"{len(train.records)} training images: the instance loss then often finds an "
                       "older key of the same image among its negatives; set model.queue to N/8 or less",

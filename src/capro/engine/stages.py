@@ -162,12 +162,22 @@ class RunContext:
                            policy=self.cfg.train.on_bad_image, enabled=self.is_main)
 
 
+def model_parts(cfg: Config) -> dict[str, bool]:
+    """Which optional parts of :class:`CAPro` a run of ``cfg`` uses: ``momentum_keys`` (the key
+    encoder and queue: an instance loss, collective bootstrapping or a stage 2) and
+    ``reconstructor`` (a reconstruction loss). A plain cross-entropy run needs neither."""
+    trained = [st for st in (cfg.stage1, cfg.stage2, cfg.stage3) if st.epochs > 0]
+    keys = (cfg.stage2.epochs > 0 or cfg.method.bootstrap == "collective"
+            or any(st.w_inst > 0 for st in trained))
+    return {"momentum_keys": keys, "reconstructor": any(st.w_recn > 0 for st in trained)}
+
+
 def build_model(cfg: Config, num_classes: int, *, multi_label: bool) -> CAPro:
     m = cfg.model
     return CAPro(num_classes=num_classes, backbone=m.backbone, in_chans=cfg.data.channels,
                  low_dim=m.low_dim, queue_size=m.queue, moco_m=m.moco_m, proto_m=m.proto_m,
                  temperature=m.temperature, multi_label=multi_label, pretrained=m.pretrained,
-                 key_head=m.key_head)
+                 key_head=m.key_head, **model_parts(cfg))
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

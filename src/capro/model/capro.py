@@ -90,7 +90,7 @@ class _Forward:
     p: Tensor  # [B, C] main logits
     z: Tensor  # [B, D] normalised embedding
     q: Tensor  # [B, C] auxiliary logits
-    recon: Tensor  # [B, F]
+    recon: Tensor | None  # [B, F]; None without a reconstructor
     zc: Tensor | None  # multi-label: [B, C, D] per-class embeddings
 
 
@@ -112,6 +112,11 @@ class CAPro(nn.Module):
     slowly moving head and does not collapse.
     Buffers: ``queue`` [Q, D], ``queue_ptr``, ``prototypes`` [C, D] (multi-label [C, 2, D]),
     ``prototypes_ready``, ``pos_weight`` [C].
+
+    ``momentum_keys=False`` builds no ``encoder_k``, ``projection_k`` or queue, and
+    ``reconstructor=False`` no reconstructor: a run whose instance loss, reconstruction loss,
+    collective bootstrapping and prototypes are all off (plain cross-entropy) pays for none of
+    them, and trains exactly the same weights (their loss terms had weight 0).
     """
 
     def __init__(
@@ -128,6 +133,8 @@ class CAPro(nn.Module):
         multi_label: bool = False,
         pretrained: str | None = None,
         key_head: str = "momentum",
+        momentum_keys: bool = True,
+        reconstructor: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -148,16 +155,20 @@ class CAPro(nn.Module):
         self.encoder_q, self.feature_dim = create_backbone(
             backbone, in_chans=in_chans, pretrained=pretrained
         )
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        for param in self.encoder_k.parameters():
-            param.requires_grad = False
+        self.has_keys = momentum_keys
+        if momentum_keys:
+            self.encoder_k = copy.deepcopy(self.encoder_q)
+            for param in self.encoder_k.parameters():
+                param.requires_grad = False
         self.projection = projection_head(self.feature_dim, low_dim)
         self.key_head = key_head
-        if key_head == "momentum":
+        if key_head == "momentum" and momentum_keys:
             self.projection_k = copy.deepcopy(self.projection)
             for param in self.projection_k.parameters():
                 param.requires_grad = False
-        self.reconstructor = reconstructor_head(low_dim, self.feature_dim)
+        # built even when left out, so that the heads after it start from the same random draws
+        recon_head = reconstructor_head(low_dim, self.feature_dim)
+        self.reconstructor = recon_head if reconstructor else None
         self.classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
         if multi_label:
             self.class_projection = ClassProjection(num_classes, low_dim)
@@ -167,8 +178,9 @@ class CAPro(nn.Module):
             self.aux_classifier = NormLinear(low_dim, num_classes)
             proto_shape = (num_classes, low_dim)
 
-        self.register_buffer("queue", F.normalize(torch.randn(queue_size, low_dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        if momentum_keys:
+            self.register_buffer("queue", F.normalize(torch.randn(queue_size, low_dim), dim=1))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("prototypes", torch.zeros(proto_shape))
         self.register_buffer("prototypes_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("pos_weight", torch.ones(num_classes))
@@ -274,12 +286,16 @@ class CAPro(nn.Module):
         proto_on = flags.use_prototypes or flags.prototypes_mode == "all"
 
         out = self._query_forward(img, detach_recon_input=proto_on)
-        if flags.momentum_update_key:
-            self._momentum_update_key_encoder()
-        keys = self._keys(img_aug)
+        keys = queue_before = None
+        if self.has_keys:
+            if flags.momentum_update_key:
+                self._momentum_update_key_encoder()
+            keys = self._keys(img_aug)
+            queue_before = self.queue.clone()
+            self._dequeue_and_enqueue(keys, valid)
+        else:
+            self._check_lean(flags, proto_on)
         protos = self.prototypes.clone()
-        queue_before = self.queue.clone()
-        self._dequeue_and_enqueue(keys, valid)
         step = self._multilabel_step if self.multi_label else self._single_label_step
         return step(batch, flags, out, keys, queue_before, protos, weight, valid, proto_on)
 
@@ -327,13 +343,11 @@ class CAPro(nn.Module):
         y, w = target[clean], weight[clean]
         terms = {
             "cls": losses.classification_loss(out.p[clean], y, weight=w),
-            "inst": losses.instance_loss(
-                out.z[valid], keys[valid], queue_before, temperature=self.temperature
-            ),
+            **self._instance_term(out, keys, queue_before, valid),
             "aux": losses.auxiliary_loss(
                 out.q[clean], y, None if soft is None else soft[clean], beta=flags.beta, weight=w
             ),
-            "recn": losses.reconstruction_loss(out.recon[clean], out.v[clean], weight=w),
+            **self._reconstruction_term(out, clean, w),
         }
         if flags.proto_loss:
             terms["proto"] = losses.prototype_loss(
@@ -393,11 +407,9 @@ class CAPro(nn.Module):
             )
         terms = {
             "cls": losses.multilabel_bce(out.p[clean], y, pos_weight=pos_weight, weight=w),
-            "inst": losses.instance_loss(
-                out.z[valid], keys[valid], queue_before, temperature=self.temperature
-            ),
+            **self._instance_term(out, keys, queue_before, valid),
             "aux": aux,
-            "recn": losses.reconstruction_loss(out.recon[clean], out.v[clean], weight=w),
+            **self._reconstruction_term(out, clean, w),
         }
         if flags.proto_loss:
             class_weight = torch.stack([torch.ones_like(pos_weight[0]), pos_weight.mean()])
@@ -456,6 +468,33 @@ class CAPro(nn.Module):
         return {"scores": scores, "logits": logits, "proto_logits": proto_logits, "embedding": z}
 
     # ------------------------------------------------------------------ private helpers
+    def _instance_term(
+        self, out: _Forward, keys: Tensor | None, queue_before: Tensor | None, valid: Tensor
+    ) -> dict[str, Tensor]:
+        """{"inst": the MoCo loss of the valid samples}; {} for a model without momentum keys."""
+        if keys is None:
+            return {}
+        return {
+            "inst": losses.instance_loss(
+                out.z[valid], keys[valid], queue_before, temperature=self.temperature
+            )
+        }
+
+    def _reconstruction_term(self, out: _Forward, clean: Tensor, w: Tensor) -> dict[str, Tensor]:
+        """{"recn": the reconstruction loss of the clean samples}; {} without a reconstructor."""
+        if out.recon is None:
+            return {}
+        return {"recn": losses.reconstruction_loss(out.recon[clean], out.v[clean], weight=w)}
+
+    def _check_lean(self, flags: StepFlags, proto_on: bool) -> None:
+        """A model built without momentum keys (a plain-CE run) cannot take a step that needs them."""
+        needs = [why for why, on in (("the instance loss", flags.w_inst > 0),
+                                     ("collective bootstrapping", flags.bootstrap == "collective"),
+                                     ("prototypes", proto_on)) if on]
+        if needs:
+            raise ConfigError(f"this model was built without momentum keys, which {needs[0]} needs; "
+                              "build it with momentum_keys=True (capro.engine.stages.model_parts)")
+
     def _project(self, v: Tensor) -> Tensor:
         return F.normalize(self.projection(v), dim=1)
 
@@ -468,7 +507,9 @@ class CAPro(nn.Module):
         v = self.encoder_q(img)
         p = self.classifier(v)
         z = self._project(v)
-        recon = self.reconstructor(z.detach() if detach_recon_input else z)
+        recon = None
+        if self.reconstructor is not None:
+            recon = self.reconstructor(z.detach() if detach_recon_input else z)
         if self.multi_label:
             zc = self.class_projection(z)
             return _Forward(v=v, p=p, z=z, q=self.aux_classifier(zc), recon=recon, zc=zc)
