@@ -162,6 +162,10 @@ ONLINE_KEEP_RULES = ("paper", "top1")
 """D21's default candidates: the paper's lenient rule and keeping a label only when it is the
 best-scored class (right where the noise is mostly look-alike classes)."""
 
+RULE_PROBE_EPOCHS = 10
+"""D21's probe (``method.rule_probe_epochs``): epochs each online keep rule trains before the
+choice (chosen on validation seeds 100 and 101, BENCHMARKS.md "Online keep rule")."""
+
 HOLDOUT_WINDOW = 15
 """D23's window (``train.select_window``) when held-out rows with web labels select: their score
 is averaged over this many trailing epochs (chosen on validation seeds 100 and 101)."""
@@ -193,6 +197,13 @@ class MethodConfig:
     same stage-1 weights and anchors, and the one whose stage-2 model scores best on the
     validation split goes on (:mod:`capro.engine.keep_rules`). Each rule costs one stage 2.
     ``[]``: the ``keep_th`` / ``keep_top`` rule only (the paper: s[y] >= 1/C), one stage 2."""
+    rule_probe_epochs: int = RULE_PROBE_EPOCHS
+    """How D21 chooses among ``keep_rules`` without a full stage 2 per rule: the rules share stage 2
+    until their keep decisions first differ (the epoch after ``stage2.start_clean_epoch``), then
+    each trains this many epochs side by side, and only the rule whose mean selecting score over
+    those epochs is best goes on to the end of stage 2. When the lead is a close call on held-out
+    rows scored against web labels, the first rule goes on. 0: a full stage 2 per rule (the
+    choice as first built, about twice the price)."""
     protect_anchors: bool = True
     prototypes: str = "anchors"
     """How prototypes start: ``anchors`` (CAPro) or ``all`` (MoPro: zero-initialised, updated from
@@ -621,6 +632,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model.proto_m": _within(0, 1), "model.temperature": _above(0),
     "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),
     "method.keep_th": _within(0, 1), "method.keep_top": _at_least(0),
+    "method.rule_probe_epochs": _at_least(0),
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
     "train.max_steps_per_epoch": _at_least(0), "train.val_every": _at_least(0),

@@ -330,3 +330,44 @@ def test_online_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
     assert written == {r: (run / "online_rules" / r / "stage2" / "checkpoint.pt").stat().st_mtime_ns for r in scores}
     with pytest.raises(CaproError, match="method.keep_rules: 'strict' is not a keep rule"):
         load_config(overrides=["method.keep_rules=[paper,strict]"])
+
+
+def test_online_keep_rule_probe_trains_only_the_chosen_rule_to_the_end(tiny_web_data, tmp_path):
+    """D21 with a probe: the rules share stage 2 until their keep decisions differ, each trains
+    ``rule_probe_epochs`` more, and only the best goes on; its stage 2 equals that rule's own
+    uninterrupted stage 2 to the bit."""
+    import csv
+
+    from capro.utils.io import read_json
+
+    base = ["model.backbone=simple_cnn", "stage3.epochs=0", "stage2.epochs=6", "stage2.start_clean_epoch=1"]
+    own = {rule: run_pipeline(tiny_web_data, tmp_path / rule, load_config(preset="tiny", overrides=[
+        *base, "method.keep_rules=[]", *([] if rule == "paper" else ["method.keep_top=1"])]), progress=False)
+        for rule in ("paper", "top1")}
+    run = tmp_path / "run"
+    cfg = load_config(preset="tiny", overrides=[*base, "method.keep_rules=[paper,top1]", "method.rule_probe_epochs=2"])
+    m = run_pipeline(tiny_web_data, run, cfg, progress=False)
+    o = m["online_rule"]
+    assert o["probe"]["from_epoch"] == 2 and o["probe"]["until_epoch"] == 4
+
+    def probe_mean(rule):  # the rule's own run, val top-1 over epochs 2 and 3
+        with open(tmp_path / rule / "stage2" / "log.csv", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if 2 <= int(r["epoch"]) < 4]
+        return sum(float(r["val_top1"]) for r in rows) / len(rows)
+
+    scores = {rule: o["rules"][rule]["score"] for rule in ("paper", "top1")}
+    assert scores == pytest.approx({rule: probe_mean(rule) for rule in scores})
+    chosen = o["chosen"]
+    assert chosen == ("top1" if scores["top1"] > scores["paper"] else "paper")  # val.jsonl: the leader
+    loser = "paper" if chosen == "top1" else "top1"
+    assert load_checkpoint(run / "online_rules" / loser / "stage2" / "last.pt")["epoch"] == 4
+    assert not (run / "online_rules" / loser / "stage2" / "checkpoint.pt").exists()
+    # the chosen rule, paused and resumed (forked from the first rule when it is the second), is
+    # its own uninterrupted stage 2
+    final = load_checkpoint(run / "stage2" / "checkpoint.pt")["model"]
+    assert _same_weights(final, load_checkpoint(tmp_path / chosen / "stage2" / "checkpoint.pt")["model"])
+    assert m["eval"] == own[chosen]["eval"]
+    assert read_json(run / "online_rules" / "probe.json")["chosen"] == chosen
+    # a rerun trains nothing and ends the same
+    again = run_pipeline(tiny_web_data, run, cfg, resume=True, progress=False)
+    assert again["online_rule"]["chosen"] == chosen and again["eval"] == m["eval"]

@@ -382,14 +382,14 @@ def _branch(p: _Pipeline, rule: str, where: str, fps: dict[str, str]) -> _Pipeli
 
 def _go_on_with(p: _Pipeline, sub: _Pipeline, stages: tuple[str, ...], model: CAPro,
                 scores: dict[str, float | None], chosen: str, what: str,
-                correct: dict[str, np.ndarray | None]) -> dict[str, Any]:
+                correct: dict[str, np.ndarray | None], close: dict[str, Any] | None = None) -> dict[str, Any]:
     """Put the chosen branch ``sub``'s last stage into ``model`` on every rank, publish its
     ``stages`` as the run's own (rank 0) and log every candidate's score; return how close the
     choice was (:func:`~capro.engine.selection.close_call` of ``correct``, each candidate's
-    per-row correctness on the selecting split)."""
+    per-row correctness on the selecting split, unless ``close`` says it already)."""
     load_weights(model, load_checkpoint(sub.dir(stages[-1]) / "checkpoint.pt")["model"])
     model.to(p.ctx.dist.device)
-    close = close_call(scores, chosen, correct)
+    close = close_call(scores, chosen, correct) if close is None else close
     if p.ctx.is_main:
         for stage in stages:
             _publish(sub.dir(stage), p.dir(stage))
@@ -426,44 +426,165 @@ def _stage2_score(sub: _Pipeline, model: CAPro, scorer: EpochScorer, *,
 
 
 def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
-    """D21: stage 2 once per ``method.keep_rules`` entry, each in ``RUN/online_rules/<rule>/`` and
-    from the stage-1 weights ``model`` holds now, with the same anchors; the rule whose stage-2
-    model scores best on the selecting split (:func:`_stage2_score`) is published as
-    ``RUN/stage2`` and left in ``model``. Without a selecting split only the first rule trains.
-    Every rule's score and online-cleaning counts go to ``p.online_rule`` (``metrics.json``:
-    ``online_rule``)."""
+    """D21: one stage 2 per ``method.keep_rules`` entry, each in ``RUN/online_rules/<rule>/`` and
+    from the stage-1 weights ``model`` holds now, with the same anchors; the chosen rule's stage 2
+    is published as ``RUN/stage2`` and left in ``model``. With ``method.rule_probe_epochs`` the
+    rules are compared after a short probe (:func:`_probe_online_rules`) and only the chosen one
+    trains to the end; with 0, every rule trains a full stage 2 and the one whose stage-2 model
+    scores best on the selecting split (:func:`_stage2_score`) is chosen. Without a selecting
+    split only the first rule trains. Every rule's score and online-cleaning counts go to
+    ``p.online_rule`` (``metrics.json``: ``online_rule``)."""
     from capro.engine.keep_rules import choose
 
     ctx, cfg = p.ctx, p.ctx.cfg
     scorer = p.scorer()
     rules = list(cfg.method.keep_rules)
-    if scorer is None or scorer.column is None:
+    selects = scorer is not None and scorer.column is not None
+    if not selects:
         if len(rules) > 1 and ctx.is_main and rules != list(ONLINE_KEEP_RULES):
             warnings.warn(f"method.keep_rules: no validation split is scored, so stage 2 trains with "
                           f"the first rule only ({rules[0]})", stacklevel=2)
         rules = rules[:1]
     start = copy.deepcopy(model.state_dict())
     dataset = ctx.train_dataset(domain=domain)
-    runs: dict[str, tuple[_Pipeline, CleaningState]] = {}
+    subs = {rule: _branch(p, rule, "online_rules", {"stage2": fingerprint({"up": p.fps["stage2"], "rule": rule})})
+            for rule in rules}
+    split_at = _rules_split_at(cfg.stage2)
+    probe = cfg.method.rule_probe_epochs
+    if len(rules) > 1 and probe > 0 and split_at is not None and split_at + probe < cfg.stage2.epochs:
+        chosen, record, correct = _probe_online_rules(p, model, domain, subs, dataset, split_at)
+        scores = {rule: record["rules"][rule]["score"] for rule in rules}
+        model.load_state_dict(start)  # the chosen rule's stage 2 resumes from the end of its probe
+        resumed = copy.copy(subs[chosen])  # shares its stages, scorer and evaluation sets
+        resumed.ctx = dataclasses.replace(resumed.ctx, resume=True)
+        cleaning = resumed.train("stage2", cfg.stage2, model, domain=domain, dataset=dataset)
+        close = _go_on_with(p, subs[chosen], ("stage2",), model, scores, chosen, "online keep rule", correct,
+                            close=record["close"])
+        seconds = round(float(subs[chosen].stages["stage2"].get("seconds", 0.0))
+                        + sum(record["rules"][r]["probe_seconds"] for r in rules if r != chosen), 3)
+        p.stages["stage2"] = {**p.stages["stage2"], "seconds": seconds}  # the losers' probes included
+        p.online_rule = {"chosen": chosen, "split": scorer.select, "probe": record["probe"],
+                         "rules": record["rules"], **close}
+        return cleaning
+    runs: dict[str, CleaningState] = {}
     scores: dict[str, float | None] = {}
     correct: dict[str, np.ndarray | None] = {}
     for rule in rules:
         model.load_state_dict(start)
-        sub = _branch(p, rule, "online_rules", {"stage2": fingerprint({"up": p.fps["stage2"], "rule": rule})})
-        runs[rule] = (sub, sub.train("stage2", cfg.stage2, model, domain=domain, dataset=dataset))
-        selects = scorer is not None and scorer.column is not None
-        score, correct[rule] = _stage2_score(sub, model, scorer, rows=len(rules) > 1) if selects else (None, None)
+        runs[rule] = subs[rule].train("stage2", cfg.stage2, model, domain=domain, dataset=dataset)
+        score, correct[rule] = _stage2_score(subs[rule], model, scorer, rows=len(rules) > 1) if selects else (None, None)
         scores[rule] = broadcast_object(score)
     chosen = choose(scores)
-    sub, cleaning = runs[chosen]
-    close = _go_on_with(p, sub, ("stage2",), model, scores, chosen, "online keep rule", correct)
+    close = _go_on_with(p, subs[chosen], ("stage2",), model, scores, chosen, "online keep rule", correct)
 
-    seconds = {r: float(runs[r][0].stages["stage2"].get("seconds", 0.0)) for r in scores}
+    seconds = {r: float(subs[r].stages["stage2"].get("seconds", 0.0)) for r in scores}
     p.stages["stage2"] = {**p.stages["stage2"], "seconds": round(sum(seconds.values()), 3)}  # every branch's
     p.online_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
-                     "rules": {r: {"score": scores[r], "best_epoch": runs[r][0].stages["stage2"].get("best_epoch"),
-                               "seconds": seconds[r], **runs[r][1].counts()} for r in scores}, **close}
-    return cleaning
+                     "rules": {r: {"score": scores[r], "best_epoch": subs[r].stages["stage2"].get("best_epoch"),
+                               "seconds": seconds[r], **runs[r].counts()} for r in scores}, **close}
+    return runs[chosen]
+
+
+def _rules_split_at(st: StageConfig) -> int | None:
+    """The first stage-2 epoch whose keep decisions depend on the keep rule (online cleaning acts
+    from the epoch after ``start_clean_epoch``); None when stage 2 never cleans."""
+    return None if st.start_clean_epoch is None else st.start_clean_epoch + 1
+
+
+def _pause_at(sub: _Pipeline, model: CAPro, dataset, domain, until: int, *, resume: bool) -> float:
+    """Train ``sub``'s stage 2 (rule branch) up to epoch ``until`` and pause there (its ``last.pt``);
+    ``model`` ends with the weights it would score. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    train_stage(dataclasses.replace(sub.ctx, resume=resume), "stage2", sub.ctx.cfg.stage2, model=model,
+                dataset=dataset, fingerprint=sub.fps["stage2"], domain=domain, scorer=sub.scorer(),
+                stop_after=until)
+    return time.perf_counter() - t0
+
+
+def _fork_stage(src: Path, dst: Path, fp: str) -> None:
+    """Make ``dst`` a copy of the paused stage directory ``src`` whose checkpoints carry the
+    fingerprint ``fp`` (rank 0; written whole or not at all)."""
+    import shutil
+
+    from capro.engine.checkpoint import save_checkpoint
+
+    tmp = dst.with_name(dst.name + ".forking")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for name in ("last.pt", "best.pt"):
+        if (tmp / name).is_file():
+            save_checkpoint(tmp / name, {**load_checkpoint(tmp / name), "fingerprint": fp})
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def _probe_score(sub: _Pipeline, column: str, since: int) -> float | None:
+    """Mean of ``column`` (the selecting score) over the epochs from ``since`` in ``sub``'s stage-2 log."""
+    import csv
+
+    path = sub.dir("stage2") / "log.csv"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", newline="") as fh:
+        values = [float(r[column]) for r in csv.DictReader(fh)
+                  if int(r["epoch"]) >= since and r.get(column) not in (None, "")]
+    return sum(values) / len(values) if values else None
+
+
+def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pipeline], dataset,
+                        split_at: int) -> tuple[str, dict[str, Any], dict[str, np.ndarray | None]]:
+    """D21's probe: the first rule trains stage 2 up to ``split_at`` (where the rules' keep
+    decisions first differ) and every other rule starts from a copy of it; each then trains
+    ``method.rule_probe_epochs`` more epochs and pauses. The rule whose mean selecting score over
+    its probe epochs is best leads; when the selecting split is held-out rows scored against web
+    labels and the lead is a close call (McNemar over the rows where the rules' probe-end weights
+    disagree), the first rule is chosen. Returns the chosen rule, the record
+    (``RUN/online_rules/probe.json``, re-used by a re-run) and each rule's probe-end per-row
+    correctness. Every rank calls; ``model`` ends with the last rule's probe weights."""
+    from capro.engine.keep_rules import choose
+
+    ctx, cfg = p.ctx, p.ctx.cfg
+    scorer = p.scorer()
+    rules = list(subs)
+    probe = cfg.method.rule_probe_epochs
+    until = split_at + probe
+    record_path = p.dir("online_rules") / "probe.json"
+    fp = fingerprint({"up": p.fps["stage2"], "rules": rules, "probe": probe})
+    if record_path.is_file():
+        record = read_json(record_path)
+        if record.get("fingerprint") == fp and all((subs[r].dir("stage2") / "last.pt").is_file() for r in rules):
+            return record["chosen"], record, {r: None for r in rules}
+    first = subs[rules[0]]
+    shared = _pause_at(first, model, dataset, domain, split_at, resume=ctx.resume)
+    for rule in rules[1:]:
+        last = subs[rule].dir("stage2") / "last.pt"
+        forked = ctx.resume and last.is_file() and load_checkpoint(last).get("fingerprint") == subs[rule].fps["stage2"]
+        if ctx.is_main and not forked:
+            _fork_stage(first.dir("stage2"), subs[rule].dir("stage2"), subs[rule].fps["stage2"])
+        barrier()
+    seconds: dict[str, float] = {}
+    scores: dict[str, float | None] = {}
+    correct: dict[str, np.ndarray | None] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for rule in rules:
+        seconds[rule] = _pause_at(subs[rule], model, dataset, domain, until, resume=True)
+        scores[rule] = broadcast_object(_probe_score(subs[rule], scorer.column, split_at) if ctx.is_main else None)
+        _, correct[rule] = scorer.select_rows(model)
+        counts[rule] = CleaningState.from_state(load_checkpoint(subs[rule].dir("stage2") / "last.pt")["cleaning"]).counts()
+    leader = choose(scores)
+    close = close_call(scores, leader, correct)
+    chosen = rules[0] if scorer.select == HOLDOUT and close.get("close_call") else leader
+    if chosen != leader:
+        close = close_call(scores, chosen, correct)
+    record = {"chosen": chosen, "leader": leader, "close": close,
+              "probe": {"epochs": probe, "from_epoch": split_at, "until_epoch": until,
+                        "score": f"mean {scorer.column} over the probe epochs"},
+              "shared_seconds": round(shared, 3),
+              "rules": {r: {"score": scores[r], "probe_seconds": round(seconds[r], 3), **counts[r]} for r in rules}}
+    if ctx.is_main:
+        write_json(record_path, {**record, "fingerprint": fp})
+    barrier()
+    return chosen, record, correct
 
 
 def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> OfflineCleaning:

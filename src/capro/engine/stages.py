@@ -267,9 +267,15 @@ def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epo
 
 def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, dataset: TrainDataset,
                 fingerprint: str, domain: np.ndarray | None = None,
-                scorer: EpochScorer | None = None) -> tuple[CleaningState, BestEpoch]:
+                scorer: EpochScorer | None = None,
+                stop_after: int | None = None) -> tuple[CleaningState, BestEpoch]:
     """Train ``model`` in place for stage ``name``; return the online-cleaning state and the best
     epoch by validation.
+
+    ``stop_after``: pause once epoch ``stop_after - 1`` is done, as an interruption would (the
+    stage's ``last.pt`` holds everything a resume needs, no ``checkpoint.pt`` is written), with
+    the weights the stage would score (its average, D22) left in ``model``; a later call with
+    ``ctx.resume`` goes on from there exactly as the uninterrupted stage would (D21's probe).
 
     Resumes from ``RUN/<name>/last.pt`` when ``ctx.resume`` and the checkpoint's fingerprint matches.
     ``domain`` (anchors) is needed when the stage initialises prototypes. With ``scorer`` (on every rank),
@@ -375,8 +381,9 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     frozen_now: bool | None = None
     wrapped: nn.Module = model
     totals = np.zeros(3)  # input seconds, step seconds, samples (this process's epochs)
+    end = st.epochs if stop_after is None else min(stop_after, st.epochs)
     with GracefulStop() as stop:
-        for epoch in range(start_epoch, st.epochs):
+        for epoch in range(start_epoch, end):
             frozen = epoch < st.frozen_encoder_epoch
             if frozen != frozen_now:
                 model.freeze_backbone(frozen)
@@ -425,11 +432,14 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             save(epoch + 1, 0, stats)
             barrier()
     log.close()
-    if ctx.is_main and st.epochs > start_epoch:
-        progress(stage_line(name, st.epochs - start_epoch, time.perf_counter() - t_start, *totals))
+    if ctx.is_main and end > start_epoch:
+        progress(stage_line(name, end - start_epoch, time.perf_counter() - t_start, *totals))
     model.freeze_backbone(False)
     if average is not None:
         average.copy_to(model)
+    if end < st.epochs:
+        barrier()
+        return cleaning, best
     kept_epoch = st.epochs - 1
     if cfg.train.keep == "best" and best_path.is_file():  # every rank reads the same file
         ck = load_checkpoint(best_path)
