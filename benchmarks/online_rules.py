@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seed:
         for profile in args.profile:
             run_once(out / f"{profile}_seed{seed}.json", f"{profile} seed {seed}",
-                     partial(run_one, profile, seed, args.work),
+                     partial(run_one, profile, seed, args.work,
+                             name=f"online-rules-{args.tag}" if args.tag else "online-rules"),
                      lambda res: f"chose {res['online_rule']['chosen']}, val {res['val']['top1']}")
     rows = [read_json(f) for f in sorted(out.glob("*.json"))]
     if rows:

@@ -333,41 +333,67 @@ def test_online_keep_rule_chosen_per_run_on_validation(tiny_web_data, tmp_path):
 
 
 def test_online_keep_rule_probe_trains_only_the_chosen_rule_to_the_end(tiny_web_data, tmp_path):
-    """D21 with a probe: the rules share stage 2 until their keep decisions differ, each trains
-    ``rule_probe_epochs`` more, and only the best goes on; its stage 2 equals that rule's own
+    """D21 with a probe on held-out rows (no val.jsonl): the rules share stage 2 until their keep
+    decisions differ, each trains ``rule_probe_epochs`` more, and only one goes on (the leader
+    when its lead is significant, else the first rule); its stage 2 equals that rule's own
     uninterrupted stage 2 to the bit."""
-    import csv
+    import shutil
 
     from capro.utils.io import read_json
 
+    data = tmp_path / "data"
+    shutil.copytree(tiny_web_data, data)
+    (data / "val.jsonl").unlink()
     base = ["model.backbone=simple_cnn", "stage3.epochs=0", "stage2.epochs=6", "stage2.start_clean_epoch=1"]
-    own = {rule: run_pipeline(tiny_web_data, tmp_path / rule, load_config(preset="tiny", overrides=[
+    own = {rule: run_pipeline(data, tmp_path / rule, load_config(preset="tiny", overrides=[
         *base, "method.keep_rules=[]", *([] if rule == "paper" else ["method.keep_top=1"])]), progress=False)
         for rule in ("paper", "top1")}
     run = tmp_path / "run"
     cfg = load_config(preset="tiny", overrides=[*base, "method.keep_rules=[paper,top1]", "method.rule_probe_epochs=2"])
-    m = run_pipeline(tiny_web_data, run, cfg, progress=False)
+    m = run_pipeline(data, run, cfg, progress=False)
     o = m["online_rule"]
-    assert o["probe"]["from_epoch"] == 2 and o["probe"]["until_epoch"] == 4
+    assert o["split"] == "holdout" and o["probe"]["from_epoch"] == 2 and o["probe"]["until_epoch"] == 4
+    assert o["probe"]["decided"]
 
-    def probe_mean(rule):  # the rule's own run, val top-1 over epochs 2 and 3
+    def probe_mean(rule):  # the rule's own run, held-out top-1 over epochs 2 and 3
         with open(tmp_path / rule / "stage2" / "log.csv", encoding="utf-8") as fh:
             rows = [r for r in csv.DictReader(fh) if 2 <= int(r["epoch"]) < 4]
-        return sum(float(r["val_top1"]) for r in rows) / len(rows)
+        return sum(float(r["holdout_top1"]) for r in rows) / len(rows)
 
-    scores = {rule: o["rules"][rule]["score"] for rule in ("paper", "top1")}
+    scores = {rule: o["probe"]["scores"][rule] for rule in ("paper", "top1")}
     assert scores == pytest.approx({rule: probe_mean(rule) for rule in scores})
+    leader = "top1" if scores["top1"] > scores["paper"] else "paper"
+    assert o["chosen"] == ("paper" if o.get("close_call", True) else leader)
     chosen = o["chosen"]
-    assert chosen == ("top1" if scores["top1"] > scores["paper"] else "paper")  # val.jsonl: the leader
     loser = "paper" if chosen == "top1" else "top1"
     assert load_checkpoint(run / "online_rules" / loser / "stage2" / "last.pt")["epoch"] == 4
     assert not (run / "online_rules" / loser / "stage2" / "checkpoint.pt").exists()
-    # the chosen rule, paused and resumed (forked from the first rule when it is the second), is
-    # its own uninterrupted stage 2
+    # the chosen rule, paused and resumed, is its own uninterrupted stage 2
     final = load_checkpoint(run / "stage2" / "checkpoint.pt")["model"]
     assert _same_weights(final, load_checkpoint(tmp_path / chosen / "stage2" / "checkpoint.pt")["model"])
     assert m["eval"] == own[chosen]["eval"]
     assert read_json(run / "online_rules" / "probe.json")["chosen"] == chosen
     # a rerun trains nothing and ends the same
-    again = run_pipeline(tiny_web_data, run, cfg, resume=True, progress=False)
+    again = run_pipeline(data, run, cfg, resume=True, progress=False)
     assert again["online_rule"]["chosen"] == chosen and again["eval"] == m["eval"]
+
+
+def test_online_keep_rule_probe_on_clean_labels_chooses_as_the_full_stages(tiny_web_data, tmp_path):
+    """With val.jsonl a probe whose lead is a close call leaves the choice to the full stages:
+    the same rule and weights as D21 without a probe."""
+    base = ["model.backbone=simple_cnn", "stage3.epochs=0", "stage2.epochs=6", "stage2.start_clean_epoch=1",
+            "method.keep_rules=[paper,top1]"]
+    full = run_pipeline(tiny_web_data, tmp_path / "full", load_config(
+        preset="tiny", overrides=[*base, "method.rule_probe_epochs=0"]), progress=False)
+    run = tmp_path / "probe"
+    m = run_pipeline(tiny_web_data, run, load_config(preset="tiny", overrides=[*base, "method.rule_probe_epochs=2"]),
+                     progress=False)
+    o = m["online_rule"]
+    assert not o["probe"]["decided"] and o["probe"]["p_value"] >= 0.05  # 40 val rows: a close call
+    assert o["chosen"] == full["online_rule"]["chosen"]
+    assert {r: v["score"] for r, v in o["rules"].items()} == {
+        r: v["score"] for r, v in full["online_rule"]["rules"].items()}
+    assert m["eval"] == full["eval"]
+    for rule in ("paper", "top1"):
+        assert _same_weights(load_checkpoint(run / "online_rules" / rule / "stage2" / "checkpoint.pt")["model"],
+                             load_checkpoint(tmp_path / "full" / "online_rules" / rule / "stage2" / "checkpoint.pt")["model"])

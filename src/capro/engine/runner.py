@@ -429,11 +429,11 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     """D21: one stage 2 per ``method.keep_rules`` entry, each in ``RUN/online_rules/<rule>/`` and
     from the stage-1 weights ``model`` holds now, with the same anchors; the chosen rule's stage 2
     is published as ``RUN/stage2`` and left in ``model``. With ``method.rule_probe_epochs`` the
-    rules are compared after a short probe (:func:`_probe_online_rules`) and only the chosen one
-    trains to the end; with 0, every rule trains a full stage 2 and the one whose stage-2 model
-    scores best on the selecting split (:func:`_stage2_score`) is chosen. Without a selecting
-    split only the first rule trains. Every rule's score and online-cleaning counts go to
-    ``p.online_rule`` (``metrics.json``: ``online_rule``)."""
+    rules first train a short probe (:func:`_probe_online_rules`); when it decides, only the
+    chosen rule trains to the end. Otherwise every rule trains its full stage 2 and the one whose
+    stage-2 model scores best on the selecting split (:func:`_stage2_score`) is chosen. Without a
+    selecting split only the first rule trains. Every rule's score and online-cleaning counts go
+    to ``p.online_rule`` (``metrics.json``: ``online_rule``)."""
     from capro.engine.keep_rules import choose
 
     ctx, cfg = p.ctx, p.ctx.cfg
@@ -451,21 +451,13 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
             for rule in rules}
     split_at = _rules_split_at(cfg.stage2)
     probe = cfg.method.rule_probe_epochs
+    record: dict[str, Any] | None = None
     if len(rules) > 1 and probe > 0 and split_at is not None and split_at + probe < cfg.stage2.epochs:
-        chosen, record, correct = _probe_online_rules(p, model, domain, subs, dataset, split_at)
-        scores = {rule: record["rules"][rule]["score"] for rule in rules}
-        model.load_state_dict(start)  # the chosen rule's stage 2 resumes from the end of its probe
-        resumed = copy.copy(subs[chosen])  # shares its stages, scorer and evaluation sets
-        resumed.ctx = dataclasses.replace(resumed.ctx, resume=True)
-        cleaning = resumed.train("stage2", cfg.stage2, model, domain=domain, dataset=dataset)
-        close = _go_on_with(p, subs[chosen], ("stage2",), model, scores, chosen, "online keep rule", correct,
-                            close=record["close"])
-        seconds = round(float(subs[chosen].stages["stage2"].get("seconds", 0.0))
-                        + sum(record["rules"][r]["probe_seconds"] for r in rules if r != chosen), 3)
-        p.stages["stage2"] = {**p.stages["stage2"], "seconds": seconds}  # the losers' probes included
-        p.online_rule = {"chosen": chosen, "split": scorer.select, "probe": record["probe"],
-                         "rules": record["rules"], **close}
-        return cleaning
+        record, probe_rows = _probe_online_rules(p, model, domain, subs, dataset, split_at)
+        for sub in subs.values():  # each rule's stage 2 goes on from the end of its probe
+            sub.ctx = dataclasses.replace(sub.ctx, resume=True)
+        if record["decided"]:
+            rules = [record["chosen"]]
     runs: dict[str, CleaningState] = {}
     scores: dict[str, float | None] = {}
     correct: dict[str, np.ndarray | None] = {}
@@ -474,14 +466,25 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
         runs[rule] = subs[rule].train("stage2", cfg.stage2, model, domain=domain, dataset=dataset)
         score, correct[rule] = _stage2_score(subs[rule], model, scorer, rows=len(rules) > 1) if selects else (None, None)
         scores[rule] = broadcast_object(score)
-    chosen = choose(scores)
-    close = _go_on_with(p, subs[chosen], ("stage2",), model, scores, chosen, "online keep rule", correct)
-
     seconds = {r: float(subs[r].stages["stage2"].get("seconds", 0.0)) for r in scores}
+    if record is not None and record["decided"]:
+        chosen = record["chosen"]
+        scores = {r: v["score"] for r, v in record["rules"].items()}
+        close = _go_on_with(p, subs[chosen], ("stage2",), model, scores, chosen, "online keep rule", correct,
+                            close=record["close"])
+        # the losers' probes count too
+        seconds.update({r: v["probe_seconds"] for r, v in record["rules"].items() if r != chosen})
+        counts = {r: {k: v[k] for k in ("kept", "relabeled", "removed")} for r, v in record["rules"].items()}
+        counts[chosen] = runs[chosen].counts()
+    else:
+        chosen = choose(scores)
+        close = _go_on_with(p, subs[chosen], ("stage2",), model, scores, chosen, "online keep rule", correct)
+        counts = {r: runs[r].counts() for r in scores}
     p.stages["stage2"] = {**p.stages["stage2"], "seconds": round(sum(seconds.values()), 3)}  # every branch's
     p.online_rule = {"chosen": chosen, "split": None if scorer is None else scorer.select,
-                     "rules": {r: {"score": scores[r], "best_epoch": subs[r].stages["stage2"].get("best_epoch"),
-                               "seconds": seconds[r], **runs[r].counts()} for r in scores}, **close}
+                     "rules": {r: {"score": scores[r], "best_epoch": subs[r].stages.get("stage2", {}).get("best_epoch"),
+                               "seconds": round(seconds[r], 3), **counts[r]} for r in scores},
+                     **({} if record is None else {"probe": record["probe"]}), **close}
     return runs[chosen]
 
 
@@ -532,15 +535,17 @@ def _probe_score(sub: _Pipeline, column: str, since: int) -> float | None:
 
 
 def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pipeline], dataset,
-                        split_at: int) -> tuple[str, dict[str, Any], dict[str, np.ndarray | None]]:
+                        split_at: int) -> tuple[dict[str, Any], dict[str, np.ndarray | None]]:
     """D21's probe: the first rule trains stage 2 up to ``split_at`` (where the rules' keep
     decisions first differ) and every other rule starts from a copy of it; each then trains
     ``method.rule_probe_epochs`` more epochs and pauses. The rule whose mean selecting score over
-    its probe epochs is best leads; when the selecting split is held-out rows scored against web
-    labels and the lead is a close call (McNemar over the rows where the rules' probe-end weights
-    disagree), the first rule is chosen. Returns the chosen rule, the record
-    (``RUN/online_rules/probe.json``, re-used by a re-run) and each rule's probe-end per-row
-    correctness. Every rank calls; ``model`` ends with the last rule's probe weights."""
+    its probe epochs is best leads. The probe decides when the lead is significant (McNemar over
+    the rows where the rules' probe-end weights disagree: the leader is chosen) or when the
+    selecting split is held-out rows scored against web labels (a close call there chooses the
+    first rule); a close call on clean labels leaves the choice to the full stages. Returns the
+    record (``RUN/online_rules/probe.json``, re-used by a re-run: ``decided``, ``chosen``, each
+    rule's score, probe seconds and counts) and each rule's probe-end per-row correctness.
+    Every rank calls; ``model`` ends with the last rule's probe weights."""
     from capro.engine.keep_rules import choose
 
     ctx, cfg = p.ctx, p.ctx.cfg
@@ -553,7 +558,7 @@ def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pip
     if record_path.is_file():
         record = read_json(record_path)
         if record.get("fingerprint") == fp and all((subs[r].dir("stage2") / "last.pt").is_file() for r in rules):
-            return record["chosen"], record, {r: None for r in rules}
+            return record, {r: None for r in rules}
     first = subs[rules[0]]
     shared = _pause_at(first, model, dataset, domain, split_at, resume=ctx.resume)
     for rule in rules[1:]:
@@ -573,18 +578,25 @@ def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pip
         counts[rule] = CleaningState.from_state(load_checkpoint(subs[rule].dir("stage2") / "last.pt")["cleaning"]).counts()
     leader = choose(scores)
     close = close_call(scores, leader, correct)
-    chosen = rules[0] if scorer.select == HOLDOUT and close.get("close_call") else leader
+    on_web_labels = scorer.select == HOLDOUT
+    decided = on_web_labels or not close.get("close_call", True)
+    chosen = rules[0] if on_web_labels and close.get("close_call", True) else leader
     if chosen != leader:
         close = close_call(scores, chosen, correct)
-    record = {"chosen": chosen, "leader": leader, "close": close,
-              "probe": {"epochs": probe, "from_epoch": split_at, "until_epoch": until,
-                        "score": f"mean {scorer.column} over the probe epochs"},
-              "shared_seconds": round(shared, 3),
+    why = ("the lead is significant" if not close.get("close_call", True) else
+           "a close call on held-out rows scored against web labels: the first rule" if decided else
+           "a close call on clean labels: every rule trains its full stage 2")
+    record = {"chosen": chosen if decided else None, "leader": leader, "decided": decided, "close": close,
+              "probe": {"epochs": probe, "from_epoch": split_at, "until_epoch": until, "decided": decided,
+                        "why": why, "shared_seconds": round(shared, 3),
+                        "scores": scores, "leader": leader, **{k: close[k] for k in ("p_value", "disagree") if k in close}},
               "rules": {r: {"score": scores[r], "probe_seconds": round(seconds[r], 3), **counts[r]} for r in rules}}
     if ctx.is_main:
         write_json(record_path, {**record, "fingerprint": fp})
+        log_progress(f"online keep rule probe (epochs {split_at}-{until - 1}): " + ", ".join(
+            f"{r} {scores[r]:.4f}" for r in rules) + f" on {scorer.select}; {why}")
     barrier()
-    return chosen, record, correct
+    return record, correct
 
 
 def _choose_keep_rule(p: _Pipeline, model: CAPro, domain, text_distance) -> OfflineCleaning:
