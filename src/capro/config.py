@@ -264,6 +264,10 @@ class TrainConfig:
     """What an image that cannot be read at training or evaluation time does (it passed validation
     but changed on disk since): ``skip`` the sample and record it in ``RUN/<stage>/bad_images.jsonl``,
     or ``stop`` the run with a DataError naming the file."""
+    threads: int = 0
+    """CPU threads of each process's torch pool; 0 = ``OMP_NUM_THREADS`` when set, else the cores
+    in the process's CPU affinity mask divided by the processes on this node
+    (:mod:`capro.engine.threads`)."""
     log_every: int = 50
     checkpoint_every_steps: int = 0
     """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
@@ -634,6 +638,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "method.keep_th": _within(0, 1), "method.keep_top": _at_least(0),
     "method.rule_probe_epochs": _at_least(0),
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
+    "train.threads": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),
     "train.max_steps_per_epoch": _at_least(0), "train.val_every": _at_least(0),
     "train.holdout": _within(0, 0.5), "train.holdout_max": _at_least(0), "train.select_window": _at_least(1),

@@ -55,6 +55,7 @@ from capro.engine.stages import (
     offline_clean,
     train_stage,
 )
+from capro.engine.threads import set_threads
 from capro.engine.validation import (
     HOLDOUT,
     HOLDOUT_DRAW,
@@ -768,6 +769,9 @@ def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: 
     the same (:func:`~capro.engine.checkpoint.check_resume_batch`).
     """
     info = init_distributed(cfg.device)
+    threads, why = set_threads(cfg.train.threads)
+    if info.is_main:
+        log_progress(f"threads: {threads} per process ({why})")
     with peer_failures(info.rank, info.world_size):
         try:
             return _run(Path(data_root).resolve(), Path(run_dir), cfg, info, resume=resume, progress=progress)
