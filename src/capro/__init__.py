@@ -1,3 +1,17 @@
-"""capro: learn image classifiers from web-crawled images and their text (CAPro, NeurIPS 2023)."""
+"""capro: learn image classifiers from web-crawled images and their text (CAPro, NeurIPS 2023).
+
+    >>> import capro
+    >>> run = capro.run("data/crawl", "runs/crawl", preset="cpu")   # or capro.load_run("runs/crawl")
+    >>> run.verdicts().head()                                         # per-sample verdicts (pandas)
+    >>> run.predict(["image.png"])
+
+See docs/api.md. The pure array-in, array-out steps are in :mod:`capro.functional`.
+"""
 
 __version__ = "0.1.0"
+
+from capro.api import Run, load_run, run, validate  # noqa: E402
+from capro.config import Config, load_config, save_config  # noqa: E402
+from capro.data.simulate import simulate  # noqa: E402
+
+__all__ = ["Config", "Run", "__version__", "load_config", "load_run", "run", "save_config", "simulate", "validate"]

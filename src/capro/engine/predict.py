@@ -33,7 +33,6 @@ def _open(path: Path, channels: int) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({exc}); pass a PNG/JPEG file") from exc
 
 
-@torch.no_grad()
 def predict_images(run_dir: str | os.PathLike, images: list[str | os.PathLike], *, topk: int = 5,
                    threshold: float | None = None, open_set: bool = False, device: str = "auto",
                    batch_size: int = 64) -> list[dict]:
@@ -51,25 +50,39 @@ def predict_images(run_dir: str | os.PathLike, images: list[str | os.PathLike], 
         threshold = cfg.openset.threshold
     if open_set and not multi:
         warn_strict_rule_for_open_set(run_dir)
+    return predict_paths(model, [c.name for c in classes], cfg, images, multi_label=multi, topk=topk,
+                         threshold=threshold, batch_size=batch_size)
+
+
+def image_batch(images: list[str | os.PathLike], cfg: Config) -> torch.Tensor:
+    """[N, channels, S, S] test views of image files, as the run's model expects them."""
     tf = eval_transform(size=cfg.data.image_size, channels=cfg.data.channels)
+    return torch.stack([tf(_open(Path(p), cfg.data.channels)) for p in images])
+
+
+@torch.no_grad()
+def predict_paths(model: torch.nn.Module, names: list[str], cfg: Config, images: list[str | os.PathLike], *,
+                  multi_label: bool, topk: int = 5, threshold: float | None = None,
+                  batch_size: int = 64) -> list[dict]:
+    """:func:`predict_images` with a loaded model (eval mode), its class ``names`` and config."""
+    dev = next(model.parameters()).device
     paths = [Path(p) for p in images]
-    k = max(1, min(topk, len(classes)))
+    k = max(1, min(topk, len(names)))
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        x = torch.stack([tf(_open(p, cfg.data.channels)) for p in chunk]).to(dev)
-        logits = model(x).float()
-        scores = torch.sigmoid(logits) if multi else logits.softmax(dim=1)
+        logits = model(image_batch(chunk, cfg).to(dev)).float()
+        scores = torch.sigmoid(logits) if multi_label else logits.softmax(dim=1)
         top = scores.topk(k, dim=1)
         for p, vals, idx, row in zip(chunk, top.values.tolist(), top.indices.tolist(), scores):
-            entry = {"image": str(p), "top": [{"label": classes[i].name, "score": round(v, 6)}
+            entry = {"image": str(p), "top": [{"label": names[i], "score": round(v, 6)}
                                               for v, i in zip(vals, idx)]}
-            if multi:
+            if multi_label:
                 th = 0.5 if threshold is None else threshold
-                entry["prediction"] = [classes[i].name for i in np.flatnonzero(row.cpu().numpy() >= th)]
+                entry["prediction"] = [names[i] for i in np.flatnonzero(row.cpu().numpy() >= th)]
             else:
                 unknown = threshold is not None and vals[0] < threshold
-                entry["prediction"] = UNKNOWN if unknown else classes[idx[0]].name
+                entry["prediction"] = UNKNOWN if unknown else names[idx[0]]
             results.append(entry)
     return results
 
