@@ -283,9 +283,9 @@ def run_cleanlab_row(size: Size, seed: int, data: Path, base: Path) -> dict[str,
         fold_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, curve_splits=[]))
         metrics = run_pipeline(fold_data, fold / "run", fold_cfg, resume=True, progress=False)
         t0 = time.perf_counter()
-        model, _, _, _ = load_run_model(fold / "run")
+        model, _, run_cfg, _ = load_run_model(fold / "run")
         held = EvalDataset(data, [records[i] for i in held_idx], len(classes),
-                           size=cfg.data.image_size, channels=cfg.data.channels)
+                           size=run_cfg.data.image_size, channels=run_cfg.data.channels)
         logits, _ = collect(model, held, device=torch.device("cpu"), batch_size=cfg.train.eval_batch_size,
                             workers=cfg.data.workers)
         pred[held_idx] = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()

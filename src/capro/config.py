@@ -31,8 +31,9 @@ from capro.errors import ConfigError
 class DataConfig:
     image_size: int = 224
     """Side of the square training crop, in pixels."""
-    channels: int = 3
-    """Images are converted to this many channels (1 = greyscale, 3 = RGB)."""
+    channels: int | None = None
+    """Images are converted to this many channels (1 = greyscale, 3 = RGB); null: follow the
+    training images (1 when a sample of them is all greyscale, else 3), resolved when a run starts."""
     text_fields: list[str] = field(default_factory=lambda: ["title", "description", "tags"])
     """Which web-text fields are concatenated (in this order) into each sample's text."""
     skip_bad: bool = False
@@ -379,7 +380,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Small images on 2 CPU cores: the demo and the benchmarks.
     "cpu": {
-        "data": {"image_size": 32, "channels": 1, "workers": 2},
+        "data": {"image_size": 32, "workers": 2},
         # A queue far smaller than the data (a queue as big as the training set holds each
         # image's own stale key as a negative); tau 0.9 as for NUS-WIDE: with 10 classes 0.6
         # relabelled ~45% of the demo's images at ~40% accuracy (BENCHMARKS.md, "Choosing tau").
@@ -396,7 +397,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # A few steps of the real code paths, for tests and `capro demo --quick`.
     "tiny": {
-        "data": {"image_size": 16, "channels": 1, "workers": 0, "check_images": True},
+        "data": {"image_size": 16, "workers": 0, "check_images": True},
         "text": {"batch_size": 64, "chunk_size": 256},
         "graph": {"backend": "torch", "k": 10, "keep": 5, "k1": 10, "k2": 3},
         "match": {"topk": 10},
@@ -691,8 +692,8 @@ def validate_config(cfg: Config) -> None:
                               "distinct rule names, e.g. [paper, top1, th0.3]")
         for rule in rules:
             parse_rule(str(rule), key=key)
-    if cfg.data.channels not in (1, 3):
-        raise ConfigError(f"config key 'data.channels': {cfg.data.channels} must be 1 or 3")
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"config key 'data.channels': {cfg.data.channels} must be 1, 3 or null (follow the images)")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

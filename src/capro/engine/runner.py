@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from capro.config import ONLINE_KEEP_RULES, Config, StageConfig, save_config, to_dict
+from capro.data.channels import resolve_channels
 from capro.data.layout import ClassInfo, Split, available_splits, read_classes
 from capro.data.validate import load_split_for_run, read_truth
 from capro.engine.artefacts import write_run_artefacts
@@ -789,6 +790,9 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
     classes = read_classes(data_root)
     train = load_split_for_run(data_root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images, classes=classes)
+    cfg, disagree = resolve_channels(cfg, data_root, train.records)
+    if disagree and info.is_main:
+        log_progress(disagree)
     validation = resolve_validation(cfg, data_root, train, eligible=lambda: text_verified(cfg, train, run_dir))
     drawn_from = train
     train = validation.train

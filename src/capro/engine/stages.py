@@ -174,7 +174,7 @@ def model_parts(cfg: Config) -> dict[str, bool]:
 
 def build_model(cfg: Config, num_classes: int, *, multi_label: bool) -> CAPro:
     m = cfg.model
-    return CAPro(num_classes=num_classes, backbone=m.backbone, in_chans=cfg.data.channels,
+    return CAPro(num_classes=num_classes, backbone=m.backbone, in_chans=cfg.data.channels or 3,
                  low_dim=m.low_dim, queue_size=m.queue, moco_m=m.moco_m, proto_m=m.proto_m,
                  temperature=m.temperature, multi_label=multi_label, pretrained=m.pretrained,
                  key_head=m.key_head, **model_parts(cfg))
