@@ -14,10 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "recomputes stage 3a and the fine-tune from the run's config.")
     p.add_argument("run", metavar="RUN", help="run directory with a finished stage 2")
     p.add_argument("--data", metavar="DIR", help="dataset directory (default: the run's)")
-    p.add_argument("--pseudo-th", type=float, help="relabel threshold tau (default: the run's)")
+    p.add_argument("--pseudo-th", type=float, help="relabel threshold tau (default: the run's); the same as "
+                   "clean.pseudo_th=T")
     p.add_argument("--protect-anchors", action=argparse.BooleanOptionalAction, default=None,
                    help="never remove or relabel anchors")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="clean.* and method.* config keys for this cleaning, e.g. clean.pseudo_th=0.8 "
+                        "method.alpha=0.3 (the rest of the run's config.yaml stays)")
     p.set_defaults(func=run)
 
 
@@ -25,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from capro.engine.runner import clean_run
 
     counts = clean_run(args.run, data=args.data, pseudo_th=args.pseudo_th,
-                       protect_anchors=args.protect_anchors, device=args.device)
+                       protect_anchors=args.protect_anchors, device=args.device, overrides=args.overrides)
     print(f"capro clean: kept {counts['kept']}, relabelled {counts['relabeled']}, removed "
           f"{counts['removed']} -> {args.run}/stage3a/samples.jsonl")
     return 0

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "shards are always extracted). Skipped rows are listed in DATA/convert_rejected.jsonl.")
     p.add_argument("format", choices=sorted(ADAPTERS), metavar="FORMAT", help=", ".join(sorted(ADAPTERS)))
     p.add_argument("src", metavar="SRC", help="the native dataset directory (or a .tar shard)")
-    p.add_argument("--out", required=True, metavar="DATA", help="output dataset directory")
+    p.add_argument("--out", required=True, metavar="DATA", help="new dataset directory in capro's layout")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--copy-images", dest="images", action="store_const", const="copy",
                       help="copy the image files into DATA/images/")

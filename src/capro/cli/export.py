@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "The source dataset is never modified.")
     p.add_argument("run", metavar="RUN", help="run directory (the --out of `capro run`)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl", help="output format (default jsonl)")
-    p.add_argument("--out", metavar="DIR", required=True, help="new output directory")
+    p.add_argument("--out", metavar="DIR", required=True, help="new directory for the cleaned dataset")
     p.add_argument("--data", metavar="DIR", help="dataset directory (default: the one in RUN/run.json)")
     p.add_argument("--copy", action="store_true", help="copy the images instead of symlinking them")
     p.set_defaults(func=run)

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "resize, crop and normalisation that `capro predict` applies.")
     p.add_argument("run", metavar="RUN", help="run directory (the --out of `capro run`)")
     p.add_argument("--format", choices=FORMATS, default="torchscript", help="default torchscript")
-    p.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    p.add_argument("--out", metavar="DIR", required=True, help="directory for the exported classifier and model.json")
     p.set_defaults(func=run)
 
 

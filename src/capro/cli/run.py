@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "continues an interrupted stage. Results: RUN/metrics.json, RUN/model.pt. "
                     "Under torchrun, every process runs this same command.")
     p.add_argument("data", metavar="DATA", help="dataset directory (classes.json, train.jsonl, ...)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory to create or continue: checkpoints, verdicts, model, report")
     add_run_args(p)
     add_config_args(p)
     p.set_defaults(func=run)

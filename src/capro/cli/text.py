@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "shows what each prototype was built from. Reruns skip finished steps; an "
                     "interrupted encoding continues where it stopped.")
     p.add_argument("data", metavar="DATA", help="dataset directory")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (writes RUN/text/)")
     p.add_argument("--split", default="train",
                    help="which manifest to encode (default: train; others write texts_SPLIT.npy)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (same as device=...)")

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "anchors and CAPro training; stage3: + offline cleaning and fine-tune). "
                     "Finished stages are reused by a later `capro run` on the same RUN.")
     p.add_argument("data", metavar="DATA", help="dataset directory")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory to create or continue")
     p.add_argument("--until", choices=sorted(UNTIL), default="stage1", help="last stage to train (default stage1)")
     add_run_args(p)
     add_config_args(p)

@@ -906,19 +906,29 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
 
 def clean_run(run_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
               pseudo_th: float | None = None, protect_anchors: bool | None = None,
-              device: str = "auto") -> dict:
+              device: str = "auto", overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Stage 3a on a run's stage-2 model: rewrite ``RUN/stage3a/samples.jsonl``; return the counts.
+
+    ``overrides`` (``clean.*`` and ``method.*`` keys, e.g. ``clean.pseudo_th=0.8``) change the
+    run's config for this cleaning only.
 
     With ``clean.keep_rules`` the keep rule is the one the run chose (``metrics.json``). The
     stage's done marker is removed, so the next ``capro run`` re-derives stage 3a (and 3b)
     from the run's config.
     """
-    from capro.config import config_from_dict, read_yaml
+    from capro.config import config_from_dict, load_config, read_yaml
     from capro.engine.distributed import resolve_device
+    from capro.errors import UsageError
     from capro.report.rundir import resolve_data_root
 
     run_dir = Path(run_dir)
+    other = [o for o in overrides if not o.strip().startswith(("clean.", "method."))]
+    if other:
+        raise UsageError(f"{other[0]!r}: offline cleaning takes clean.* and method.* keys only; the rest "
+                         "of the run's config is fixed by its trained model")
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    if overrides:
+        cfg = load_config(run_dir / "config.yaml", overrides=list(overrides))
     if pseudo_th is not None:
         cfg.clean.pseudo_th = pseudo_th
     if protect_anchors is not None:
