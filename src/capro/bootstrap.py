@@ -1,6 +1,6 @@
 """Soft targets for the auxiliary classifier: collective bootstrapping and the baselines.
 
-capro-method.md §3.5 step 7 (single-label) and §3.7 (multi-label). Shapes: B batch samples,
+docs/method.md, "Stage 2" (single-label and multi-label). Shapes: B batch samples,
 Q queue keys, C classes, D embedding dims. Every target is computed without gradient and
 returned detached, in at least float32 (half-precision inputs are promoted, so AMP does not
 round the 1e-7 floor or the Q-term sums away); single-label targets have rows that sum to 1.

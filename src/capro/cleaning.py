@@ -1,5 +1,4 @@
-"""Online (and offline) noise cleaning: keep, relabel or drop each sample (capro-method.md §3.5
-step 9, §3.7, §3.8, §8 item 8).
+"""Online (and offline) noise cleaning: keep, relabel or drop each sample (docs/method.md).
 
 Shapes: B samples, C classes. Scores mix the classifier with the prototype similarity; the rules
 are pure tensor operations, no gradient.
@@ -100,7 +99,7 @@ def clean_batch_multilabel(
     num_classes: int,
     anchor: Tensor | None = None,
 ) -> MultiLabelCleanResult:
-    """Per-class multi-label cleaning (§3.7).
+    """Per-class multi-label cleaning.
 
     pos_scores [B, C] = ``alpha sigmoid(p) + (1 - alpha) softmax(proto)[pos]``; s_neg = 1 - s_pos.
     target [B, C] in {1, 0, -1}. Per entry: keep a positive if s_pos >= 1/C, keep a negative if

@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses with YAML load/save, named presets and dotted overrides.
 
-A config is built in layers: defaults (the paper's WebVision values, capro-method.md §4) <- preset
+A config is built in layers: defaults (the paper's WebVision values, docs/method.md) <- preset
 (``webvision1k``, ``google500``, ``nuswide``, ``cpu``, ``tiny``) <- YAML file <- ``key.sub=value``
 overrides. Unknown keys are an error naming the key. The resolved config is saved in every run.
 
@@ -41,9 +41,11 @@ class DataConfig:
     check_images: bool = True
     """Open every image during validation (slower, catches corrupt files early)."""
     workers: int = 2
+    """Data-loader worker processes per training process (0 = load in the main process)."""
     strong_crop: float = 0.2
     """Lower bound of the RandomResizedCrop scale for the strong (key) view; 0.8 for NUS-WIDE."""
     weak_crop: float = 0.8
+    """Lower bound of the RandomResizedCrop scale for the weak (query) view."""
     augment: str = "batch"
     """``batch``: decode once into a uint8 store, build the views of whole batches on the training
     device (:mod:`capro.data.batch_views`); ``per_image``: torchvision on each PIL image in the
@@ -67,6 +69,7 @@ class TextConfig:
     concept_source: str = "wordnet"
     """``wordnet`` | ``definition`` | ``both``: where each class's concept text comes from."""
     batch_size: int = 128
+    """Texts per encoder batch."""
     chunk_size: int = 4096
     """Texts per chunk of the resumable on-disk embedding cache."""
     max_chars: int = 0
@@ -82,8 +85,11 @@ class GraphConfig:
     keep: int = 5
     """Neighbours kept after re-ranking for the text smoothing (10 for NUS-WIDE)."""
     rerank: bool = True
+    """Re-rank each kNN list with k-reciprocal re-ranking (Zhong et al. 2017) before smoothing."""
     k1: int = 20
+    """k-reciprocal re-ranking: neighbours of the k-reciprocal sets."""
     k2: int = 6
+    """k-reciprocal re-ranking: neighbours of the query expansion."""
     lam: float = 0.3
     """k-reciprocal re-ranking: (1 - lam) * jaccard + lam * original distance."""
     enhance: bool = True
@@ -147,10 +153,15 @@ class ModelConfig:
     backbone: str = "resnet50"
     """``resnet18``, ``resnet50``, ``resnet18_cifar`` / ``resnet18_small`` (for tiny images), or a timm name."""
     low_dim: int = 128
+    """Dimensions of the projected embedding (prototypes, queue and keys live here)."""
     queue: int = 8192
+    """MoCo queue of momentum keys (keep it well below the training-set size, about N/8)."""
     moco_m: float = 0.999
+    """Momentum of the key encoder update."""
     proto_m: float = 0.999
+    """Momentum of the visual prototype update."""
     temperature: float = 0.1
+    """Temperature of the instance and prototype losses."""
     key_head: str = "momentum"
     """Projection head of the MoCo keys: ``momentum`` (a momentum copy of the query head, as in
     MoCo/MoPro) or ``shared`` (the query head itself, as in the released CAPro code; its
@@ -206,6 +217,7 @@ class MethodConfig:
     rows scored against web labels, the first rule goes on. 0: a full stage 2 per rule (the
     choice as first built, about twice the price)."""
     protect_anchors: bool = True
+    """Online cleaning never removes or relabels anchors."""
     prototypes: str = "anchors"
     """How prototypes start: ``anchors`` (CAPro) or ``all`` (MoPro: zero-initialised, updated from
     every sample from the first step)."""
@@ -216,8 +228,11 @@ class MethodConfig:
 @dataclass
 class StageConfig:
     epochs: int = 0
+    """Training epochs of the stage (0 = skip it)."""
     lr: float = 0.1
+    """Peak learning rate (SGD), reached after the warm-up and then decayed by a cosine."""
     warmup_epochs: int = 0
+    """Epochs of linear learning-rate warm-up."""
     batch_size: int = 256
     """Global batch over all processes."""
     frozen_encoder_epoch: int = 0
@@ -227,10 +242,15 @@ class StageConfig:
     start_clean_epoch: int | None = None
     """Online cleaning applies when epoch > this; None = never."""
     w_inst: float = 1.0
+    """Weight of the instance (MoCo) loss; 0 with ``w_recn`` 0 and no bootstrapping trains plain CE."""
     w_recn: float = 1.0
+    """Weight of the reconstruction loss."""
     w_proto: float = 1.0
+    """Weight of the prototypical contrastive loss."""
     mixup: bool = False
+    """Train the classifier with mix-up (stage 3b)."""
     mixup_alpha: float = 0.8
+    """Mix-up's Beta(alpha, alpha)."""
     ema_epochs: float = 0.0
     """Score, keep and hand on an exponential moving average of the weights over about this many
     epochs instead of the last step's weights (D22, :mod:`capro.engine.averaging`); 0 = off."""
@@ -256,7 +276,9 @@ def _stage3() -> StageConfig:
 @dataclass
 class TrainConfig:
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 1e-4
+    """SGD weight decay."""
     amp: str = "auto"
     """``auto`` (bf16 on GPU, off on CPU) | ``bf16`` | ``fp16`` | ``off``."""
     on_nonfinite: str = "stop"
@@ -270,10 +292,13 @@ class TrainConfig:
     in the process's CPU affinity mask divided by the processes on this node
     (:mod:`capro.engine.threads`)."""
     log_every: int = 50
+    """Log the losses every this many steps (0 = only per epoch)."""
     checkpoint_every_steps: int = 0
     """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
     eval_split: str = "test"
+    """Split evaluated at the end of every stage and of the run (``RUN/metrics.json``), when DATA has it."""
     eval_batch_size: int = 256
+    """Batch size of every scoring pass (validation, evaluation, features)."""
     val_split: str = "auto"
     """Split scored after every training epoch (single-label top-1, multi-label macro mAP) into
     ``log.csv`` as ``<split>_<metric>``; it alone selects the kept epoch (``keep``). ``auto``:
@@ -317,7 +342,7 @@ class CleanConfig:
     pseudo_th: float | None = None
     """None = use ``method.pseudo_th``."""
     protect_anchors: bool = False
-    """The released single-label analysis does not protect anchors offline (§3.8)."""
+    """The released single-label analysis does not protect anchors offline."""
     stage2_checkpoint: str = "best"
     """Which stage-2 weights clean offline and start stage 3b: ``best`` (its best-validation epoch,
     ``RUN/stage2/best.pt``, whatever ``train.keep`` says; what stage 2 handed on when no
@@ -341,9 +366,11 @@ class OpenSetConfig:
 @dataclass
 class Config:
     seed: int = 0
+    """Random seed of everything the run draws."""
     device: str = "auto"
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
     preset: str | None = None
+    """The preset the config was built on (set by ``--preset``; recorded for the record)."""
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -358,7 +385,7 @@ class Config:
     openset: OpenSetConfig = field(default_factory=OpenSetConfig)
 
 
-# Presets: partial dicts applied over the defaults (capro-method.md §4.2).
+# Presets: partial dicts applied over the defaults (docs/method.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "webvision1k": {},
     "google500": {

@@ -1,4 +1,4 @@
-"""CAPro's training losses as pure functions (capro-method.md §3.6, §3.7).
+"""CAPro's training losses as pure functions (docs/method.md).
 
 Shapes: B samples, C classes, D embedding dims, Q queue keys. Every loss returns a scalar
 tensor. ``weight`` [B] is a per-sample weight: the loss is ``mean_i w_i * loss_i`` (D5: a true

@@ -1,6 +1,6 @@
 """Visual prototypes: initialisation from anchors and vectorised momentum updates (D3).
 
-capro-method.md §3.5 step 10, §3.7, §8 item 6. Shapes: N samples, C classes, D dims. Functions
+docs/method.md, "Stage 2". Shapes: N samples, C classes, D dims. Functions
 return new tensors and never modify their inputs.
 """
 

@@ -1,6 +1,6 @@
 """Image transforms: the weak (query) view, the strong (key) view and the deterministic test view.
 
-capro-method.md §4 (two views) and D7 (deterministic evaluation). Every transform takes a PIL image
+docs/method.md (two views) and D7 (deterministic evaluation). Every transform takes a PIL image
 already converted to ``channels`` (1 = greyscale "L", 3 = "RGB") and returns a float tensor
 [channels, size, size] normalised with dataset-agnostic statistics (0.5/0.5 for greyscale, the
 ImageNet mean/std for RGB).

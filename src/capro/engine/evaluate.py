@@ -168,7 +168,7 @@ def max_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def openset_from_logits(logits: np.ndarray, targets: np.ndarray) -> dict:
-    """Max-softmax open-set metrics (§5.1) of logits [N, C] over known classes, targets [N] (-1 unknown).
+    """Max-softmax open-set metrics of logits [N, C] over known classes, targets [N] (-1 unknown).
 
     {"mean_cf1" (%), "pr_auc" (fraction), "auroc" (fraction or None), "n", "n_unknown"}; see
     :func:`capro.eval.openset.openset_metrics`.

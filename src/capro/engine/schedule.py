@@ -1,4 +1,4 @@
-"""Per-epoch learning-rate schedule: linear warm-up then cosine (capro-method.md §4.1, §8.13).
+"""Per-epoch learning-rate schedule: linear warm-up then cosine (docs/method.md).
 
 ``lr(e) = base * max(e, 1) / warmup`` for ``e <= warmup`` (so epochs 0 and 1 share a rate), else
 ``base * 0.5 * (1 + cos(pi * (e - warmup) / (epochs - warmup)))``. Without warm-up the cosine runs

@@ -1,4 +1,4 @@
-"""The pipeline's stages (capro-method.md §3.0): vanilla training, the stage-1 feature dump, anchors
+"""The pipeline's stages (docs/method.md): vanilla training, the stage-1 feature dump, anchors
 from the text and graph steps, CAPro training, offline cleaning and the fine-tune.
 
 Every training stage goes through :func:`train_stage`: SGD (momentum, weight decay) with the
@@ -192,7 +192,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def stage_flags(name: str, st: StageConfig, cfg: Config, epoch: int, *, prototypes_ready: bool) -> StepFlags:
-    """What a step of ``name`` does in ``epoch`` (§8.2: strict ">" gates)."""
+    """What a step of ``name`` does in ``epoch`` (strict ">" gates: cleaning starts the epoch after start_clean_epoch)."""
     m = cfg.method
     common = dict(bootstrap=m.bootstrap, alpha=m.alpha, beta=m.beta, pseudo_th=m.pseudo_th,
                   keep_th=m.keep_th, keep_top=m.keep_top,
@@ -223,7 +223,7 @@ def anchor_mask(domain: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def initialise_prototypes(ctx: RunContext, model: CAPro, domain: np.ndarray, epoch: int,
                           bad: BadImageLog | None = None) -> int:
-    """Prototypes from the momentum-encoder embeddings of every anchor (weak view, eval mode, §3.5).
+    """Prototypes from the momentum-encoder embeddings of every anchor (weak view, eval mode).
 
     Every rank embeds its slice of the anchors (cut at batch boundaries) and the embeddings are
     gathered in order, so all ranks set identical prototypes, equal to one process's. An anchor
@@ -536,7 +536,7 @@ def _cleaning_scores(ctx: RunContext, model: CAPro) -> tuple[torch.Tensor, torch
 @torch.no_grad()
 def offline_clean(ctx: RunContext, model: CAPro, domain: np.ndarray | None,
                   text_distance: np.ndarray | None) -> OfflineCleaning | None:
-    """Stage 3a (§3.8): score every training image with the stage-2 model and apply the
+    """Stage 3a: score every training image with the stage-2 model and apply the
     keep/relabel rules once; write ``RUN/stage3a/samples.jsonl``.
 
     In a distributed run every rank calls and scores its slice of the images; rank 0 applies

@@ -1,4 +1,4 @@
-"""Multi-label metrics for NUS-WIDE: C-P/C-R/C-F1, O-P/O-R/O-F1 (top-3) and mAP (§5.1, D9)."""
+"""Multi-label metrics for NUS-WIDE: C-P/C-R/C-F1, O-P/O-R/O-F1 (top-3) and mAP (D9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Open-set recognition metrics (§5.1): known classes plus one "unknown" class, swept over
+"""Open-set recognition metrics: known classes plus one "unknown" class, swept over
 confidence thresholds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Text enhancement: one-hop SGC smoothing of text embeddings over the visual kNN graph (§3.2).
+"""Text enhancement: one-hop SGC smoothing of text embeddings over the visual kNN graph.
 
 The enhanced text of sample i is ``sum_j A_ij s_j`` where A is built from each node's kept
 neighbours: ``A_ij`` = edge weight clipped to [0, 1], self-loops removed, ``A = max(A, A.T)``,

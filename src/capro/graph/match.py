@@ -1,4 +1,4 @@
-"""Text matching and anchor selection (§3.3).
+"""Text matching and anchor selection.
 
 Per class c, the gallery is the (enhanced) texts of the samples whose web label is c and the
 probe is the class's textual prototype; each sample's text distance is the k-reciprocal
@@ -334,7 +334,7 @@ def select_anchors_multilabel(distance: np.ndarray, web: np.ndarray, *, topk: in
                               class_names: list[str] | None = None, eligible: np.ndarray | None = None,
                               against: np.ndarray | None = None, min_anchors: int = 0) -> np.ndarray:
     """Multi-label anchors: per class, positives = the ``topk`` closest samples carrying that web
-    label; negatives = the last ``min(n - topk, topk)`` of them (the farthest), §3.3 item 5.
+    label; negatives = the last ``min(n - topk, topk)`` of them (the farthest).
 
     With ``eligible`` [N, C] (D16) positives are only eligible samples, up to ``topk``, topped up to
     ``min_anchors`` from the ranking (with a warning); with ``against`` [N, C] negatives are only

@@ -252,7 +252,7 @@ class CAPro(nn.Module):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], flags: StepFlags) -> StepOutput:
-        """One CAPro iteration (method doc §3.5), returning the total loss and diagnostics.
+        """One CAPro iteration, returning the total loss and diagnostics.
 
         ``batch``: "img" [B, ...] weak view, "img_aug" [B, ...] strong view, "target" [B] long
         (multi-label [B, C] float), "anchor" [B] bool (multi-label "domain" [B, C] int8),
@@ -311,7 +311,7 @@ class CAPro(nn.Module):
         valid: Tensor,
         proto_on: bool,
     ) -> StepOutput:
-        """Steps 8-12 of §3.5 for single-label data (keys already enqueued)."""
+        """The cleaning, prototype and loss part of a step for single-label data (keys already enqueued)."""
         target = batch["target"].to(out.p.device).long()
         web = target
         n = target.shape[0]
@@ -369,7 +369,7 @@ class CAPro(nn.Module):
         valid: Tensor,
         proto_on: bool,
     ) -> StepOutput:
-        """§3.7 with D6: per-class prototypes [C, 2, D], masked BCE losses, per-class cleaning."""
+        """Multi-label, with D6: per-class prototypes [C, 2, D], masked BCE losses, per-class cleaning."""
         target = batch["target"].to(out.p.device).float()
         web = target
         n = target.shape[0]

@@ -1,4 +1,4 @@
-"""Clean noisy web text (titles, descriptions, tags) as the released code did (capro-method.md §2.2).
+"""Clean noisy web text (titles, descriptions, tags) as the released code did (docs/method.md).
 
 Steps, in order: lower-case; strip ``.jpg``/``.jpeg``/``.png``/``.gif``; unescape HTML entities;
 remove ``<...>`` tags; remove domains and URLs; turn tabs and newlines into spaces; split into

@@ -1,4 +1,4 @@
-"""Concept texts: what each class's textual prototype is built from (capro-method.md §2.3).
+"""Concept texts: what each class's textual prototype is built from (docs/method.md).
 
 For a class with a WordNet id the text gathers the synset and its neighbours
 ``S = [syn] + hypernyms + instance hypernyms + hyponyms + instance hyponyms + topic, region and

