@@ -10,6 +10,13 @@ See docs/api.md. The pure array-in, array-out steps are in :mod:`capro.functiona
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# OpenMP threads that wait for work sleep instead of spinning, so that processes sharing the cores
+# (two runs side by side, several local ranks) do not steal each other's time; read when torch
+# loads its OpenMP runtime, so it is set before the first torch import (capro.engine.threads).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from capro.api import Run, load_run, run, validate  # noqa: E402
 from capro.config import Config, load_config, save_config  # noqa: E402
 from capro.data.simulate import simulate  # noqa: E402
