@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = read_json(OUT) if OUT.is_file() else {}
     data = ensure_data(args.work, SIZES["long"], "web", SEED)
     datasets = {"val": data, "no-val": without_val(data)}
-    codes = [("after", None, args.label)] + ([("before", args.before_src, args.before_label)] if args.before_src else [])
+    here = str(Path(__file__).resolve().parents[1] / "src")  # this checkout's code, whatever is installed
+    codes = [("after", here, args.label)] + ([("before", args.before_src, args.before_label)] if args.before_src else [])
     for code, src, label in codes:
         res.setdefault(code, {})["label"] = label
         if "rows" not in args.skip:
