@@ -478,3 +478,29 @@ def size_tag(size: Size) -> str:
     from capro.utils.cache import fingerprint
 
     return f"{size.name}-{fingerprint(size_dict(size))[:8]}"
+
+
+STEP_TARGET = 1.45
+"""The target of a CAPro stage-2 step over a plain CE step (benchmark.md: ~1.33x is the floor)."""
+
+
+def perf_ratios(perf: dict[str, Any]) -> list[tuple[str, float, float | None]]:
+    """(label, ratio, target) for the plot and the table; a missing measurement is left out."""
+    out: list[tuple[str, float, float | None]] = []
+    st = perf.get("step_overhead")
+    if st:
+        out.append(("train step: CAPro stage 2 / plain CE", st["ratio_capro_over_ce"], STEP_TARGET))
+        out.append(("train step: CE + key forward / plain CE", st["ratio_floor_over_ce"], None))
+    pu = perf.get("prototype_update")
+    if pu:
+        out.append((f"prototype update N={pu['n']}: loop / vectorised", pu["speedup"], None))
+    rr = perf.get("rerank")
+    if rr:
+        out.append((f"re-ranking N={rr['n']}: loop / vectorised", rr["speedup"], None))
+    for row in perf.get("knn", []):
+        if "torch_over_faiss" in row:
+            out.append((f"kNN N={row['n']}: torch / faiss", row["torch_over_faiss"], None))
+    te = perf.get("text_encoding")
+    if te:
+        out.append(("text encoding: capro / sentence-transformers", 1.0 / te["throughput_ratio"], None))
+    return out

@@ -41,11 +41,9 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, machine_info, update_markdown  # noqa: E402
+from common import RESULTS, STEP_TARGET, machine_info, perf_ratios, update_markdown  # noqa: E402
 
 from capro.utils.io import read_json, write_json  # noqa: E402
-
-STEP_TARGET = 1.45
 
 QUICK = {"step": {"repeats": 5, "steps": 3, "warmup": 2}, "proto_n": 5000, "knn_sizes": [5000, 20000],
          "loop_nodes": 300, "input": {"n": 512, "epochs": 2, "repeats": 1}}
@@ -204,28 +202,6 @@ def imported_results(*, run_missing: bool, quick: bool, loop_nodes: int) -> dict
                    key=lambda g: (g["n"], str(g.get("knn", ""))))
     return {"rerank": _read("graph_rerank.json"), "text_encoding": _read("text_encoding.json"),
             "graph_scale": graph}
-
-
-def perf_ratios(perf: dict[str, Any]) -> list[tuple[str, float, float | None]]:
-    """(label, ratio, target) for the plot and the table; a missing measurement is left out."""
-    out: list[tuple[str, float, float | None]] = []
-    st = perf.get("step_overhead")
-    if st:
-        out.append(("train step: CAPro stage 2 / plain CE", st["ratio_capro_over_ce"], STEP_TARGET))
-        out.append(("train step: CE + key forward / plain CE", st["ratio_floor_over_ce"], None))
-    pu = perf.get("prototype_update")
-    if pu:
-        out.append((f"prototype update N={pu['n']}: loop / vectorised", pu["speedup"], None))
-    rr = perf.get("rerank")
-    if rr:
-        out.append((f"re-ranking N={rr['n']}: loop / vectorised", rr["speedup"], None))
-    for row in perf.get("knn", []):
-        if "torch_over_faiss" in row:
-            out.append((f"kNN N={row['n']}: torch / faiss", row["torch_over_faiss"], None))
-    te = perf.get("text_encoding")
-    if te:
-        out.append(("text encoding: capro / sentence-transformers", 1.0 / te["throughput_ratio"], None))
-    return out
 
 
 def perf_table(perf: dict[str, Any]) -> str:

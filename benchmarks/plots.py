@@ -101,7 +101,7 @@ def plot_perf(ratios: list[tuple[str, float, float | None]], path: Path, *, titl
 
 def main() -> int:
     sys.path.insert(0, str(HERE))
-    from perf import perf_ratios
+    from common import perf_ratios
 
     from capro.utils.io import read_json
 

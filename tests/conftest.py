@@ -53,16 +53,19 @@ def tiny_run(tiny_web_data: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 @pytest.fixture(scope="session")
 def bench_script():
-    """``bench_script(name)``: the module ``benchmarks/<name>.py`` (its sibling imports resolve)."""
+    """``bench_script(name)``: the module ``benchmarks/<name>.py`` or ``benchmarks/studies/<name>.py``
+    (its sibling imports resolve)."""
     import importlib
     import sys
 
-    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    paths = [str(benchmarks), str(benchmarks / "studies")]
 
     def load(name: str):
-        sys.path.insert(0, benchmarks)
+        sys.path[:0] = paths
         try:
             return importlib.import_module(name)
         finally:
-            sys.path.remove(benchmarks)
+            for path in paths:
+                sys.path.remove(path)
     return load

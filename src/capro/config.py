@@ -691,6 +691,27 @@ def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
     return None
 
 
+# Keep-rule names (D19, D21); :mod:`capro.engine.keep_rules` applies them.
+_PART = re.compile(r"^(?:th(?P<th>0(?:\.\d+)?|1(?:\.0+)?)|top(?P<top>[1-9]\d*))$")
+
+
+def parse_rule(rule: str, *, key: str = "clean.keep_rules") -> dict[str, float | int | None]:
+    """``{"keep_th": float | None, "keep_top": int}`` of a rule name (see the module docstring)."""
+    if rule == "paper":
+        return {"keep_th": None, "keep_top": 0}
+    out: dict[str, float | int | None] = {"keep_th": None, "keep_top": 0}
+    for part in rule.split("+"):
+        m = _PART.match(part)
+        if m is None:
+            raise ConfigError(f"{key}: {rule!r} is not a keep rule; use paper, th<x> "
+                              "(e.g. th0.3), top<k> (e.g. top1) or both joined by + (th0.3+top1)")
+        if m["th"] is not None:
+            out["keep_th"] = float(m["th"])
+        else:
+            out["keep_top"] = int(m["top"])
+    return out
+
+
 def validate_config(cfg: Config) -> None:
     """Check types of special keys, choices and ranges; raise :class:`ConfigError` naming the key."""
     if cfg.preset is not None and not isinstance(cfg.preset, str):
@@ -712,8 +733,6 @@ def validate_config(cfg: Config) -> None:
         rules = get_key(cfg, key)
         if not rules:
             continue
-        from capro.engine.keep_rules import parse_rule
-
         if not isinstance(rules, list) or len(set(map(str, rules))) != len(rules):
             raise ConfigError(f"config key {key!r}: {_show(rules)} must be a list of "
                               "distinct rule names, e.g. [paper, top1, th0.3]")

@@ -1,4 +1,4 @@
-"""``benchmarks/branch_mix.py``: the weight average and the softmax mix, by hand."""
+"""``benchmarks/studies/branch_mix.py``: the weight average and the softmax mix, by hand."""
 
 from __future__ import annotations
 

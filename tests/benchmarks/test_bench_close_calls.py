@@ -1,4 +1,4 @@
-"""``benchmarks/close_calls.py`` rebuilds a recorded run's close call as the engine recorded it."""
+"""``benchmarks/studies/close_calls.py`` rebuilds a recorded run's close call as the engine recorded it."""
 
 from __future__ import annotations
 

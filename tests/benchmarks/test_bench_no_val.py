@@ -1,4 +1,4 @@
-"""``benchmarks/no_val.py``: replaying D23's window on recorded curves picks what the engine would."""
+"""``benchmarks/studies/no_val.py``: replaying D23's window on recorded curves picks what the engine would."""
 
 from __future__ import annotations
 

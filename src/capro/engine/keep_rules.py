@@ -15,29 +15,10 @@ Rules (single-label): ``paper`` (keep when s[y] >= 1/C), ``th<x>`` (s[y] >= x, e
 from __future__ import annotations
 
 import dataclasses
-import re
 
-from capro.config import MethodConfig
-from capro.errors import ConfigError
+from capro.config import MethodConfig, parse_rule
 
-_PART = re.compile(r"^(?:th(?P<th>0(?:\.\d+)?|1(?:\.0+)?)|top(?P<top>[1-9]\d*))$")
-
-
-def parse_rule(rule: str, *, key: str = "clean.keep_rules") -> dict[str, float | int | None]:
-    """``{"keep_th": float | None, "keep_top": int}`` of a rule name (see the module docstring)."""
-    if rule == "paper":
-        return {"keep_th": None, "keep_top": 0}
-    out: dict[str, float | int | None] = {"keep_th": None, "keep_top": 0}
-    for part in rule.split("+"):
-        m = _PART.match(part)
-        if m is None:
-            raise ConfigError(f"{key}: {rule!r} is not a keep rule; use paper, th<x> "
-                              "(e.g. th0.3), top<k> (e.g. top1) or both joined by + (th0.3+top1)")
-        if m["th"] is not None:
-            out["keep_th"] = float(m["th"])
-        else:
-            out["keep_top"] = int(m["top"])
-    return out
+__all__ = ["choose", "parse_rule", "rule_method"]
 
 
 def rule_method(method: MethodConfig, rule: str) -> MethodConfig:

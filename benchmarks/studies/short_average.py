@@ -1,6 +1,6 @@
 """Stage 2's weight average (D22) in a short stage 2, on validation seeds only.
 
-    python benchmarks/short_average.py --profile web hard --seed 100 101 --ema 0 0.4 1 5
+    python benchmarks/studies/short_average.py --profile web hard --seed 100 101 --ema 0 0.4 1 5
 
 D22 chose a 5-epoch average on the ``long`` size (110 stage-2 epochs). The ``full`` size (and the
 ``cpu`` preset) trains stage 2 for 8 epochs, where the network is still improving fast and a
@@ -20,7 +20,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 
 from common import RESULTS, SIZES, machine_info, pct, row_overrides  # noqa: E402
 from quality import DEFAULT_WORK, ensure_data, run_once  # noqa: E402

@@ -1,8 +1,8 @@
 """Stage 2's weight average (D22, ``stage2.ema_epochs``), on validation seeds only.
 
-    python benchmarks/weight_average.py --profile web hard --seed 100 101 --ema 5 15
+    python benchmarks/studies/weight_average.py --profile web hard --seed 100 101 --ema 5 15
 
-Each run is ``benchmarks/online_rules.py``'s run (``capro-ft`` of the ``long`` size, both keep
+Each run is ``benchmarks/studies/online_rules.py``'s run (``capro-ft`` of the ``long`` size, both keep
 rules) plus ``stage2.ema_epochs=E``; ``E = 0`` is that benchmark's own result. Per run the JSON
 keeps, per rule, stage 2's validation top-1 at its best epoch and its last and, for the record, the
 test top-1 at those epochs, and the run's final validation and test top-1. The choice of a default
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 
 from common import RESULTS, pct, update_markdown  # noqa: E402
 from online_rules import OUT as BASELINE  # noqa: E402

@@ -1,6 +1,6 @@
 """Which noisy rows survive CAPro's cleaning, and which anchors are wrong, by kind of noise.
 
-    python benchmarks/noise_survivors.py RUN [RUN ...]      # runs of `capro run` on simulated data
+    python benchmarks/studies/noise_survivors.py RUN [RUN ...]      # runs of `capro run` on simulated data
 
 Reads ``RUN/stage3a/samples.jsonl`` (the offline verdicts) and the simulator's ``truth.jsonl`` of
 the run's data. A row is noisy when its true class differs from its web label; it *survives* when
@@ -14,7 +14,7 @@ import collections
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 from common import RESULTS  # noqa: E402
 
 from capro.utils.io import read_json, read_jsonl, write_json  # noqa: E402

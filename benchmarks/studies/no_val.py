@@ -1,13 +1,13 @@
 """Users without a clean validation split: the long protocol with and without ``val.jsonl``.
 
-    python benchmarks/no_val.py --profile web hard --seed 0
-    python benchmarks/no_val.py --seed 100 101 --variants without_val_text without_val_any
-    python benchmarks/no_val.py --seed 100 101 --variants without_val_any --val-curve   # D23's choice
-    python benchmarks/no_val.py --windows 1 3 5 7 9 11 15 21
-    python benchmarks/no_val.py --windows 15 --tolerance 0.005    # the earliest epoch within 0.005
-    python benchmarks/no_val.py --windows 15 --branches paper     # D21 kept to its first rule
-    python benchmarks/no_val.py --clean-windows 1 3 5 9 15 21   # the same with a clean val.jsonl
-    python benchmarks/no_val.py --refit    # replay: the held-out rows returned to training
+    python benchmarks/studies/no_val.py --profile web hard --seed 0
+    python benchmarks/studies/no_val.py --seed 100 101 --variants without_val_text without_val_any
+    python benchmarks/studies/no_val.py --seed 100 101 --variants without_val_any --val-curve   # D23's choice
+    python benchmarks/studies/no_val.py --windows 1 3 5 7 9 11 15 21
+    python benchmarks/studies/no_val.py --windows 15 --tolerance 0.005    # the earliest epoch within 0.005
+    python benchmarks/studies/no_val.py --windows 15 --branches paper     # D21 kept to its first rule
+    python benchmarks/studies/no_val.py --clean-windows 1 3 5 9 15 21   # the same with a clean val.jsonl
+    python benchmarks/studies/no_val.py --refit    # replay: the held-out rows returned to training
 
 For each profile, ``capro-ft`` of the ``long`` size with the defaults users get (``train.keep=best``,
 D12, ``train.val_split=auto``) runs twice on the same simulated data: once with its clean
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 import numpy as np  # noqa: E402
 from common import RESULTS, SIZES, machine_info, row_overrides  # noqa: E402
 from quality import DEFAULT_WORK, ensure_data, log, size_tag  # noqa: E402
@@ -146,7 +146,7 @@ def _filled(work: Path, keys: list[str]) -> dict:
             continue
         if not (run_dir / "metrics.json").is_file():
             raise SystemExit(f"{key}: not recorded and no run in {run_dir}; run it again "
-                             "(python benchmarks/no_val.py --profile P --seed S --variants V)")
+                             "(python benchmarks/studies/no_val.py --profile P --seed S --variants V)")
         metrics = read_json(run_dir / "metrics.json")
         for f in want:
             res[f] = _curves(run_dir) if f == "curves" else metrics.get(f)

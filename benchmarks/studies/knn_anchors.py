@@ -1,6 +1,6 @@
 """Approximate kNN against exact search on real stage-1 features: recall and the anchors it gives.
 
-    python benchmarks/knn_anchors.py [RUN ...]    # default: the 20k runs of anchor_rules.py (seed 100)
+    python benchmarks/studies/knn_anchors.py [RUN ...]    # default: the 20k runs of anchor_rules.py (seed 100)
 
 For each finished run (stage-1 features, texts and prototypes in RUN), builds the visual graph
 and the anchors three ways with the run's config: exact search, ``graph.index=ivf`` and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 from anchor_rules import DEFAULT_WORK, run_dir  # noqa: E402
 from common import RESULTS, machine_info  # noqa: E402
 

@@ -7,8 +7,8 @@ its pass outputs removed, and finished by ``torchrun --nproc_per_node W`` for ea
 Every process runs one thread (``OMP_NUM_THREADS=1``), so W processes use W cores. Each pass's
 seconds come from the run's ``metrics.json``; the outputs of W = 2 are checked against W = 1.
 
-    python benchmarks/sharded_passes.py --train 4000            # -> results/sharded_passes.json
-    python benchmarks/sharded_passes.py table                   # BENCHMARKS.md block
+    python benchmarks/studies/sharded_passes.py --train 4000            # -> results/sharded_passes.json
+    python benchmarks/studies/sharded_passes.py table                   # BENCHMARKS.md block
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
+
 from common import MARKDOWN, RESULTS, git_commit, machine_info, update_markdown
 
 from capro.utils.io import write_json

@@ -1,6 +1,6 @@
 """How close were the choices the recorded runs made on validation? D21's rule and D18's guard.
 
-    python benchmarks/close_calls.py          # after no_val.py --profile web hard --seed 0 100 101
+    python benchmarks/studies/close_calls.py          # after no_val.py --profile web hard --seed 0 100 101
 
 For each run of ``no_val.py`` (with ``val.jsonl``, and without it: 200 held-out rows scored
 against web labels) this scores the candidates of two choices on the split that made them, row by
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 from common import RESULTS, SIZES, git_commit, machine_info  # noqa: E402
 from quality import DEFAULT_WORK, size_tag  # noqa: E402
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 if key in out:
                     continue
                 if not (run_dir / "model.pt").is_file():
-                    raise SystemExit(f"{run_dir}: no finished run; run python benchmarks/no_val.py --profile "
+                    raise SystemExit(f"{run_dir}: no finished run; run python benchmarks/studies/no_val.py --profile "
                                      f"{profile} --seed {seed} --variants {variant} first")
                 out[key] = {**run_choices(run_dir, base / "data"), "commit": git_commit(),
                             "machine": machine_info(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -1,8 +1,8 @@
 """Anchor precision at scale: text-matched vs random anchors, with and without text enhancement.
 
-    python benchmarks/anchors.py --profile web            # 20k images: ~15 min on 2 idle cores
-    python benchmarks/anchors.py --profile hard
-    python benchmarks/anchors.py --profile web --analyse-only   # re-score an existing work dir
+    python benchmarks/studies/anchors.py --profile web            # 20k images: ~15 min on 2 idle cores
+    python benchmarks/studies/anchors.py --profile hard
+    python benchmarks/studies/anchors.py --profile web --analyse-only   # re-score an existing work dir
 
 Simulates ``--train-size`` images (default 20,000), trains capro's stage 1 briefly (simple CNN,
 16 px, 5 epochs; its features build the visual graph), runs the text pipeline and picks anchors,

@@ -1,6 +1,6 @@
 """Anchor precision of the paper's ranking and the margin-aware one, re-scored on finished runs.
 
-    python benchmarks/anchor_scores.py RUN [RUN ...] [--out FILE]
+    python benchmarks/studies/anchor_scores.py RUN [RUN ...] [--out FILE]
 
 For each single-label run of `capro run` on simulated data, reads the text-matching artefacts
 (``RUN/match/text_distance.npy``, ``text_cosine.npy``) and the simulator's ``truth.jsonl`` of the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 from anchors import precision_at_k  # noqa: E402
 from common import RESULTS  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Choosing method defaults on validation data of a separate seed (never the table's seeds 0-2).
 
-    python benchmarks/variants.py --profile web hard --seed 100 --variants default s2best keep05
+    python benchmarks/studies/variants.py --profile web hard --seed 100 --variants default s2best keep05
 
 Each variant is ``capro-ft`` of the ``long`` size (``common.SIZES``) plus a few overrides, on data
 simulated with ``--seed``; its result is read on the **validation** split only (last epoch, and
@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 
 from common import (  # noqa: E402
     PAPER_KEEP,

@@ -1,7 +1,7 @@
 """Open-set metrics of every stage checkpoint of one finished run (where open-set rejection is
 won or lost along the pipeline).
 
-    python benchmarks/openset_checkpoints.py RUN [--data DATA] [--out results/openset_checkpoints.json]
+    python benchmarks/studies/openset_checkpoints.py RUN [--data DATA] [--out results/openset_checkpoints.json]
 
 For ``RUN/model.pt`` and each ``best.pt`` / ``last.pt`` under ``RUN/stage*/`` and
 ``RUN/online_rules/<rule>/stage2/`` (D21's branches), on ``DATA/openset_test.jsonl`` (default:
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 
 from common import RESULTS, machine_info  # noqa: E402
 

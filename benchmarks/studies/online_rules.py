@@ -1,6 +1,6 @@
 """The online keep rule chosen per run (D21, ``method.keep_rules``), on validation seeds only.
 
-    python benchmarks/online_rules.py --profile web hard --seed 100 101
+    python benchmarks/studies/online_rules.py --profile web hard --seed 100 101
 
 Each run is ``capro-ft`` of the ``long`` size with today's defaults plus
 ``method.keep_rules=[paper,top1]``: stage 2 is trained once with the paper's keep rule and once
@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 
 from common import (  # noqa: E402
     RESULTS,

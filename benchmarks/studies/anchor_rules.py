@@ -1,14 +1,14 @@
 """Anchor rules on validation seeds: which texts may become anchors, at 2k and 20k images.
 
-    python benchmarks/anchor_rules.py prepare --profiles web hard uneven --seeds 100 101 --sizes 2k 20k
-    python benchmarks/anchor_rules.py score   --profiles web hard uneven --seeds 100 101 --sizes 2k 20k
-    python benchmarks/anchor_rules.py long    --profiles web hard uneven --seeds 100 --sizes 2k
+    python benchmarks/studies/anchor_rules.py prepare --profiles web hard uneven --seeds 100 101 --sizes 2k 20k
+    python benchmarks/studies/anchor_rules.py score   --profiles web hard uneven --seeds 100 101 --sizes 2k 20k
+    python benchmarks/studies/anchor_rules.py long    --profiles web hard uneven --seeds 100 --sizes 2k
 
 ``prepare`` simulates each (profile, seed, size), trains capro's stage 1 and runs the offline
 steps up to the anchors (text encoding, stage-1 features, kNN graph, re-ranking, enhancement,
 text matching) with the defaults of the ``capro-ft`` row: at 2k images the ``long`` size (so a
 later ``capro run`` of that row on the same directory reuses them), at 20k the 5-epoch stage 1 of
-``benchmarks/anchors.py``. Resumable: finished steps are skipped.
+``benchmarks/studies/anchors.py``. Resumable: finished steps are skipped.
 
 ``long`` runs ``capro-ft`` of the ``long`` size on the prepared 2k data with D13 alone and with the
 new anchor defaults (``LONG_VARIANTS``), reusing the prepared stage 1 and graph; read on
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 from common import RESULTS, SIZES, Size, machine_info, row_metrics, row_overrides, update_markdown  # noqa: E402
 from quality import _link_tree, curve_fields, ensure_data, log  # noqa: E402
 
@@ -60,7 +60,7 @@ DEFAULT_WORK = Path(os.environ.get("CAPRO_BENCH_WORK", "/tmp/capro-bench")) / "a
 OUT = RESULTS / "anchor_rules.json"
 BIG = Size("anchors20k", train_size=20_000, val_size=500, test_size=1000, image_size=16,
            e1=5, e2=1, e3=0, batch_size=128, backbone="simple_cnn", rows=("capro",))
-"""The 20k-image size: ``benchmarks/anchors.py``'s data and 5-epoch stage 1."""
+"""The 20k-image size: ``benchmarks/studies/anchors.py``'s data and 5-epoch stage 1."""
 
 
 def size_of(tag: str) -> Size:

@@ -1,6 +1,6 @@
 """Mixing D21's two stage-2 branches instead of choosing one: a check on the validation seeds.
 
-    python benchmarks/branch_mix.py            # after no_val.py --seed 100 101 --variants with_val
+    python benchmarks/studies/branch_mix.py            # after no_val.py --seed 100 101 --variants with_val
 
 Without a clean validation split, D21's choice between the ``paper`` and ``top1`` branches is
 made on 200 noisy held-out rows and is close to a coin flip. A run that needs no choice would
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import RESULTS, SIZES, git_commit, machine_info  # noqa: E402
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in out:
                 continue
             if not (run_dir / "model.pt").is_file():
-                raise SystemExit(f"{run_dir}: no finished run; run python benchmarks/no_val.py --profile "
+                raise SystemExit(f"{run_dir}: no finished run; run python benchmarks/studies/no_val.py --profile "
                                  f"{profile} --seed {seed} --variants with_val first")
             out[key] = {**mix_run(run_dir, base / "data"), "commit": git_commit(), "machine": machine_info(),
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
