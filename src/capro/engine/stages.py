@@ -102,6 +102,12 @@ class RunContext:
     """Print a line every ``train.log_every`` steps when there is no progress bar."""
     _train_images: StoredImages | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.cfg.data.channels is None:  # a config not resolved by a run: follow the images
+            from capro.data.channels import resolve_channels
+
+            self.cfg = resolve_channels(self.cfg, self.data_root, self.train.records)[0]
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
