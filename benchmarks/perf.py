@@ -201,7 +201,7 @@ def imported_results(*, run_missing: bool, quick: bool, loop_nodes: int) -> dict
     graph = sorted((read_json(p) for p in RESULTS.glob("graph_pipeline_*.json")),
                    key=lambda g: (g["n"], str(g.get("knn", ""))))
     return {"rerank": _read("graph_rerank.json"), "text_encoding": _read("text_encoding.json"),
-            "graph_scale": graph}
+            "graph_scale": graph, "price": _read("price.json")}
 
 
 def perf_table(perf: dict[str, Any]) -> str:
@@ -236,6 +236,16 @@ def perf_table(perf: dict[str, Any]) -> str:
     for label, value, target in perf_ratios(perf):
         lines.append(f"| {label} | {value:.2f}× | {'≤ ' + format(target, '.2f') + '×' if target else ''} "
                      f"| {details.get(label, '')} |")
+    price = perf.get("price") or {}
+    for code in ("after", "before"):
+        rows = price.get(code, {})
+        for val, what in (("no-val", "held-out rows"), ("val", "`val.jsonl`")):
+            r = rows.get(val, {})
+            if "ce" in r and "capro-ft" in r:
+                ratio = r["capro-ft"]["wall_seconds"] / r["ce"]["wall_seconds"]
+                lines.append(f"| whole run ({rows.get('label', code)}, {what}): `capro-ft` / `ce` | {ratio:.2f}× | "
+                             f"≤ 1.40× | long protocol, one thread: {r['capro-ft']['wall_seconds']:.0f} vs "
+                             f"{r['ce']['wall_seconds']:.0f} s (`price.py`) |")
     graph = perf.get("graph_scale") or []
     if graph:
         lines += ["", "| graph stage N | kNN | kNN s | re-rank s | enhance s | total s | peak RSS GiB |",
@@ -394,7 +404,7 @@ def input_table(perf: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (minutes)")
-    p.add_argument("--only", nargs="+", choices=["step", "proto", "knn", "input"],
+    p.add_argument("--only", nargs="+", choices=["step", "proto", "knn", "input", "price"],
                    help="measure only these (the others are kept from the previous result file)")
     p.add_argument("--run-missing", action="store_true",
                    help="run the re-ranking and text-encoding benchmarks when their results are absent")
@@ -420,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         perf["knn"] = knn_backends(sizes["knn_sizes"])
     if "input" in todo:
         perf["input_path"] = input_path(**sizes["input"])
+    if "price" in todo and not args.quick:  # whole runs, each a fresh process (benchmarks/price.py)
+        import price
+
+        price.main(["--markdown"] if not args.no_markdown else [])
     perf.update(imported_results(run_missing=args.run_missing, quick=args.quick,
                                  loop_nodes=sizes["loop_nodes"]))
     perf["machine"] = machine_info()

@@ -140,13 +140,14 @@ def table(res: dict[str, Any]) -> str:
             probe = d21.get("probe") or {}
             how = (f"{d21.get('chosen')}; probe {'decided' if probe.get('decided') else 'left it to full stages'}"
                    if probe else (d21.get("chosen") or "n/a"))
+            def num(x: float | None, fmt: str, unit: str = "") -> str:
+                return "n/a" if x is None else format(x, fmt) + unit
+
             lines.append(
                 f"| {res.get(code, {}).get('label', code)} | {'`val.jsonl`' if val == 'val' else 'held-out rows'} | "
-                f"{r['ce']['wall_seconds']:.0f} | {ft.get('wall_seconds', float('nan')):.0f} | "
-                f"{ratio(r, 'capro-ft') or float('nan'):.2f}x | "
-                f"{full['wall_seconds'] if full else float('nan'):.0f} | "
-                f"{ratio(r, 'capro-ft-full-d21') or float('nan'):.2f}x | "
-                f"{'n/a' if s2 is None else f'{s2:.2f}x'} | {how} |")
+                f"{r['ce']['wall_seconds']:.0f} | {num(ft.get('wall_seconds'), '.0f')} | "
+                f"{num(ratio(r, 'capro-ft'), '.2f', 'x')} | {num(full and full['wall_seconds'], '.0f')} | "
+                f"{num(ratio(r, 'capro-ft-full-d21'), '.2f', 'x')} | {num(s2, '.2f', 'x')} | {how} |")
     for code in ("after", "before"):
         s = res.get(code, {}).get("side_by_side")
         if s:

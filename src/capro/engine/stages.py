@@ -103,10 +103,10 @@ class RunContext:
     _train_images: StoredImages | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.cfg.data.channels is None:  # a config not resolved by a run: follow the images
-            from capro.data.channels import resolve_channels
+        if self.cfg.data.channels is None:  # a config not resolved by a run: follow the images, in place
+            from capro.data.channels import image_channels
 
-            self.cfg = resolve_channels(self.cfg, self.data_root, self.train.records)[0]
+            self.cfg.data.channels = image_channels(self.data_root, self.train.records)
 
     @property
     def num_classes(self) -> int:
