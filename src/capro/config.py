@@ -151,7 +151,9 @@ class MatchConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet50"
-    """``resnet18``, ``resnet50``, ``resnet18_cifar`` / ``resnet18_small`` (for tiny images), or a timm name."""
+    """``resnet18``, ``resnet50``; ``resnet18_small`` / ``resnet50_small`` and ``resnet18_tiny`` /
+    ``resnet50_tiny`` (stems for small images); ``simple_cnn`` (a 4-block CNN for 16-px tests and
+    benchmarks); or a timm name (e.g. ``tf_efficientnet_lite0``, with ``pip install timm``)."""
     low_dim: int = 128
     """Dimensions of the projected embedding (prototypes, queue and keys live here)."""
     queue: int = 8192

@@ -344,7 +344,8 @@ def test_online_keep_rule_probe_trains_only_the_chosen_rule_to_the_end(tiny_web_
     data = tmp_path / "data"
     shutil.copytree(tiny_web_data, data)
     (data / "val.jsonl").unlink()
-    base = ["model.backbone=simple_cnn", "stage3.epochs=0", "stage2.epochs=6", "stage2.start_clean_epoch=1"]
+    base = ["model.backbone=simple_cnn", "stage3.epochs=0", "stage2.epochs=6", "stage2.start_clean_epoch=1",
+            "stage1.epochs=1", "train.max_steps_per_epoch=2"]
     own = {rule: run_pipeline(data, tmp_path / rule, load_config(preset="tiny", overrides=[
         *base, "method.keep_rules=[]", *([] if rule == "paper" else ["method.keep_top=1"])]), progress=False)
         for rule in ("paper", "top1")}
@@ -382,7 +383,7 @@ def test_online_keep_rule_probe_on_clean_labels_chooses_as_the_full_stages(tiny_
     """With val.jsonl a probe whose lead is a close call leaves the choice to the full stages:
     the same rule and weights as D21 without a probe."""
     base = ["model.backbone=simple_cnn", "stage3.epochs=0", "stage2.epochs=6", "stage2.start_clean_epoch=1",
-            "method.keep_rules=[paper,top1]"]
+            "stage1.epochs=1", "train.max_steps_per_epoch=2", "method.keep_rules=[paper,top1]"]
     full = run_pipeline(tiny_web_data, tmp_path / "full", load_config(
         preset="tiny", overrides=[*base, "method.rule_probe_epochs=0"]), progress=False)
     run = tmp_path / "probe"
