@@ -73,6 +73,35 @@ def test_name_only_uses_first_noun_sense_with_a_warning():
         concept_texts([SNEAKER])  # no warning when every class has a wnid
 
 
+def test_folder_style_names_fall_back_to_their_head_noun():
+    with pytest.warns(UserWarning, match="'Ankle_boot' -> boot.n.01"):
+        concepts = concept_texts([ClassInfo("Ankle_boot"), ClassInfo("Running_shoe")])
+    assert [c.synsets[0] for c in concepts] == ["boot.n.01", "running_shoe.n.01"]  # a whole lemma first
+
+
+def test_a_run_stops_before_stage_1_on_a_class_without_a_concept(tiny_web_data, tmp_path):
+    import json
+    import shutil
+
+    from capro.config import load_config
+    from capro.engine.runner import run_pipeline
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_web_data, data)
+    classes = json.loads((data / "classes.json").read_text())
+    old = classes[0]["name"]
+    classes[0] = {"name": "Qwzx blorf"}
+    (data / "classes.json").write_text(json.dumps(classes))
+    for split in ("train", "val", "test"):
+        rows = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines()]
+        rows = [{**r, "label": "Qwzx blorf" if r["label"] == old else r["label"]} for r in rows]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "truth.jsonl").unlink(missing_ok=True)
+    with pytest.raises(DataError, match="'Qwzx blorf' has no wnid or definition"):
+        run_pipeline(data, tmp_path / "run", load_config(preset="tiny"), progress=False)
+    assert not (tmp_path / "run" / "stage1").exists()
+
+
 def test_errors_name_the_class_and_the_fix():
     with pytest.raises(DataError, match=r"'Qwzx blorf'.*add a \"wnid\""):
         concept_for_class(ClassInfo("Qwzx blorf"))

@@ -784,12 +784,24 @@ def run_pipeline(data_root: str | os.PathLike, run_dir: str | os.PathLike, cfg: 
             raise
 
 
+def _check_concepts(classes: list[ClassInfo], cfg: Config) -> None:
+    """Build every class's concept text once, quietly, so that a class that has none (no wnid,
+    no definition, not a WordNet noun) stops the run before stage 1 rather than after it."""
+    from capro.text.concepts import concept_texts
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        concept_texts(classes, source=cfg.text.concept_source)
+
+
 def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume: bool,
          progress: bool | None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     classes = read_classes(data_root)
     train = load_split_for_run(data_root, "train", run_dir=run_dir, skip_bad=cfg.data.skip_bad,
                                check_images=cfg.data.check_images, classes=classes)
+    if cfg.stage2.epochs > 0 and cfg.method.prototypes == "anchors":
+        _check_concepts(classes, cfg)  # before any training: a class without a concept is a data error
     cfg, disagree = resolve_channels(cfg, data_root, train.records)
     if disagree and info.is_main:
         log_progress(disagree)

@@ -76,8 +76,14 @@ def _synset_for_wnid(info: ClassInfo):
 
 
 def _first_noun_sense(name: str):
-    candidates = [name] + [p for p in re.split(r"[/,;]", name) if p.strip()]
-    for cand in candidates:
+    """The first WordNet noun sense of a class name: the whole name (``_`` and ``-`` read as
+    spaces too), each part of a name like ``a/b``, then the last word (the head noun of
+    ``ankle boot``)."""
+    spaced = re.sub(r"[_\s]+", " ", name).strip()
+    parts = [p for p in re.split(r"[/,;]", spaced) if p.strip()]
+    heads = [p.split()[-1] for p in parts if len(p.split()) > 1]
+    candidates = [name, spaced, spaced.replace("-", " "), *parts, *heads]
+    for cand in dict.fromkeys(candidates):
         lemma = "_".join(cand.strip().lower().split())
         senses = wordnet().synsets(lemma, pos="n") if lemma else []
         if senses:
