@@ -207,10 +207,11 @@ class MethodConfig:
     """When > 0, single-label cleaning also requires the label to be among the ``keep_top``
     best-scored classes to keep it (1: the scores must agree with the label); 0 = off, the paper."""
     keep_rules: list[str] = field(default_factory=lambda: list(ONLINE_KEEP_RULES))
-    """Online keep rules to try (D21, single-label): stage 2 is trained once per rule from the
-    same stage-1 weights and anchors, and the one whose stage-2 model scores best on the
-    validation split goes on (:mod:`capro.engine.keep_rules`). Each rule costs one stage 2.
-    ``[]``: the ``keep_th`` / ``keep_top`` rule only (the paper: s[y] >= 1/C), one stage 2."""
+    """Online keep rules to try (D21, single-label), from the same stage-1 weights and anchors:
+    after a probe (``rule_probe_epochs``) the chosen rule's stage 2 goes on, or, when the probe
+    leaves it open, every rule's stage 2 finishes and the one scoring best on the validation
+    split goes on (:mod:`capro.engine.keep_rules`). ``[]``: the ``keep_th`` / ``keep_top`` rule
+    only (the paper: s[y] >= 1/C), one stage 2."""
     rule_probe_epochs: int = RULE_PROBE_EPOCHS
     """How D21 chooses among ``keep_rules`` without a full stage 2 per rule: the rules share stage 2
     until their keep decisions first differ (the epoch after ``stage2.start_clean_epoch``), then
