@@ -455,7 +455,7 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     probe = cfg.method.rule_probe_epochs
     record: dict[str, Any] | None = None
     if len(rules) > 1 and probe > 0 and split_at is not None and split_at + probe < cfg.stage2.epochs:
-        record, probe_rows = _probe_online_rules(p, model, domain, subs, dataset, split_at)
+        record, _ = _probe_online_rules(p, model, domain, subs, dataset, split_at)
         for sub in subs.values():  # each rule's stage 2 goes on from the end of its probe
             sub.ctx = dataclasses.replace(sub.ctx, resume=True)
         if record["decided"]:
