@@ -496,26 +496,29 @@ def _rules_split_at(st: StageConfig) -> int | None:
     return None if st.start_clean_epoch is None else st.start_clean_epoch + 1
 
 
-def _pause_at(sub: _Pipeline, model: CAPro, dataset, domain, until: int, *, resume: bool) -> float:
+def _pause_at(sub: _Pipeline, model: CAPro, dataset, domain, until: int, *,
+              resume: bool) -> tuple[float, CleaningState]:
     """Train ``sub``'s stage 2 (rule branch) up to epoch ``until`` and pause there (its ``last.pt``);
-    ``model`` ends with the weights it would score. Returns the seconds it took."""
+    ``model`` ends with the weights it would score. Returns the seconds it took and the
+    online-cleaning state there."""
     t0 = time.perf_counter()
-    train_stage(dataclasses.replace(sub.ctx, resume=resume), "stage2", sub.ctx.cfg.stage2, model=model,
-                dataset=dataset, fingerprint=sub.fps["stage2"], domain=domain, scorer=sub.scorer(),
-                stop_after=until)
-    return time.perf_counter() - t0
+    cleaning, _ = train_stage(dataclasses.replace(sub.ctx, resume=resume), "stage2", sub.ctx.cfg.stage2,
+                              model=model, dataset=dataset, fingerprint=sub.fps["stage2"], domain=domain,
+                              scorer=sub.scorer(), stop_after=until)
+    return time.perf_counter() - t0, cleaning
 
 
 def _fork_stage(src: Path, dst: Path, fp: str) -> None:
     """Make ``dst`` a copy of the paused stage directory ``src`` whose checkpoints carry the
-    fingerprint ``fp`` (rank 0; written whole or not at all)."""
+    fingerprint ``fp`` (rank 0; written whole or not at all; files are hard links where possible,
+    since every file of a stage is replaced atomically, never edited in place)."""
     import shutil
 
     from capro.engine.checkpoint import save_checkpoint
 
     tmp = dst.with_name(dst.name + ".forking")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    link_tree(src, tmp)
     for name in ("last.pt", "best.pt"):
         if (tmp / name).is_file():
             save_checkpoint(tmp / name, {**load_checkpoint(tmp / name), "fingerprint": fp})
@@ -525,14 +528,11 @@ def _fork_stage(src: Path, dst: Path, fp: str) -> None:
 
 def _probe_score(sub: _Pipeline, column: str, since: int) -> float | None:
     """Mean of ``column`` (the selecting score) over the epochs from ``since`` in ``sub``'s stage-2 log."""
-    import csv
+    from capro.report.rundir import read_log
 
-    path = sub.dir("stage2") / "log.csv"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8", newline="") as fh:
-        values = [float(r[column]) for r in csv.DictReader(fh)
-                  if int(r["epoch"]) >= since and r.get(column) not in (None, "")]
+    log = read_log(sub.dir("stage2") / "log.csv") or {}
+    values = [v for e, v in zip(log.get("epoch", []), log.get(column, [])) if e is not None and e >= since
+              and v is not None]
     return sum(values) / len(values) if values else None
 
 
@@ -562,7 +562,7 @@ def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pip
         if record.get("fingerprint") == fp and all((subs[r].dir("stage2") / "last.pt").is_file() for r in rules):
             return record, {r: None for r in rules}
     first = subs[rules[0]]
-    shared = _pause_at(first, model, dataset, domain, split_at, resume=ctx.resume)
+    shared, _ = _pause_at(first, model, dataset, domain, split_at, resume=ctx.resume)
     for rule in rules[1:]:
         last = subs[rule].dir("stage2") / "last.pt"
         forked = ctx.resume and last.is_file() and load_checkpoint(last).get("fingerprint") == subs[rule].fps["stage2"]
@@ -574,10 +574,10 @@ def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pip
     correct: dict[str, np.ndarray | None] = {}
     counts: dict[str, dict[str, int]] = {}
     for rule in rules:
-        seconds[rule] = _pause_at(subs[rule], model, dataset, domain, until, resume=True)
+        seconds[rule], cleaning = _pause_at(subs[rule], model, dataset, domain, until, resume=True)
         scores[rule] = broadcast_object(_probe_score(subs[rule], scorer.column, split_at) if ctx.is_main else None)
         _, correct[rule] = scorer.select_rows(model)
-        counts[rule] = CleaningState.from_state(load_checkpoint(subs[rule].dir("stage2") / "last.pt")["cleaning"]).counts()
+        counts[rule] = cleaning.counts()
     leader = choose(scores)
     close = close_call(scores, leader, correct)
     on_web_labels = scorer.select == HOLDOUT
