@@ -236,6 +236,9 @@ class StageConfig:
     """Peak learning rate (SGD), reached after the warm-up and then decayed by a cosine."""
     warmup_epochs: int = 0
     """Epochs of linear learning-rate warm-up."""
+    backbone_lr: float = 1.0
+    """The backbone's learning rate as a share of ``lr`` (the heads train at ``lr``): below 1 to
+    fine-tune pretrained weights more gently than the new heads (``model.pretrained``)."""
     batch_size: int = 256
     """Global batch over all processes."""
     frozen_encoder_epoch: int = 0
@@ -645,7 +648,7 @@ def _within(low: float, high: float, *, open_low: bool = False) -> tuple[Any, st
 
 
 _STAGE_RANGES: dict[str, tuple[Any, str]] = {
-    "epochs": _at_least(0), "lr": _at_least(0), "warmup_epochs": _at_least(0), "batch_size": _at_least(1),
+    "epochs": _at_least(0), "lr": _at_least(0), "warmup_epochs": _at_least(0), "backbone_lr": _at_least(0), "batch_size": _at_least(1),
     "frozen_encoder_epoch": _at_least(0), "init_proto_epoch": _at_least(0), "start_clean_epoch": _at_least(0),
     "w_inst": _at_least(0), "w_recn": _at_least(0), "w_proto": _at_least(0), "mixup_alpha": _above(0),
     "ema_epochs": _at_least(0), "ema_max_share": _within(0, 1, open_low=True),

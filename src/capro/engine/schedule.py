@@ -12,7 +12,9 @@ Examples:
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from torch import Tensor
 from torch.optim import Optimizer
 
 
@@ -25,5 +27,22 @@ def epoch_lr(epoch: int, *, base_lr: float, warmup: int, epochs: int) -> float:
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:
+    """Set every parameter group's rate to ``lr`` times its ``lr_scale`` (1 when absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def param_groups(named: list[tuple[str, Tensor]], *, backbone_scale: float,
+                 backbone_prefix: str = "encoder_q.") -> list[dict[str, Any]]:
+    """Optimizer groups: the heads at the stage's rate, the backbone (``backbone_prefix``) at
+    ``backbone_scale`` times it (a pretrained backbone fine-tuned more gently than new heads).
+
+    One group when the scale is 1 (the optimizer state of runs before the option stays loadable);
+    else heads first, so ``param_groups[0]`` carries the stage's own rate.
+    """
+    params = [p for _, p in named]
+    if backbone_scale == 1.0:
+        return [{"params": params, "lr_scale": 1.0}]
+    heads = [p for k, p in named if not k.startswith(backbone_prefix)]
+    backbone = [p for k, p in named if k.startswith(backbone_prefix)]
+    return [{"params": heads, "lr_scale": 1.0}, {"params": backbone, "lr_scale": backbone_scale}]

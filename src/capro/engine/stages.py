@@ -60,7 +60,7 @@ from capro.engine.loop import (
     make_loader,
     train_epoch,
 )
-from capro.engine.schedule import epoch_lr, set_lr
+from capro.engine.schedule import epoch_lr, param_groups, set_lr
 from capro.engine.selection import BestEpoch, EpochScorer
 from capro.engine.shards import write_sharded
 from capro.engine.signals import (
@@ -302,8 +302,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
         steps = min(steps, cfg.train.max_steps_per_epoch)
     sampler = EpochSampler(n, global_batch=global_batch, steps=steps, rank=info.rank,
                            world=info.world_size, seed=cfg.seed + STAGE_SEED[name])
-    params = [p for k, p in model.named_parameters() if not k.startswith("encoder_k.")]
-    optimizer = torch.optim.SGD(params, lr=st.lr, momentum=cfg.train.momentum,
+    named = [(k, p) for k, p in model.named_parameters() if not k.startswith("encoder_k.")]
+    optimizer = torch.optim.SGD(param_groups(named, backbone_scale=st.backbone_lr), lr=st.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if ctx.amp == torch.float16 else None
     if ctx.multi_label:
