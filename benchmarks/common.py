@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,12 @@ PAPER_MATCH = ("match.score=distance", "match.min_margin=null", "graph.self_weig
 RECORDED_BACKEND = ("graph.backend=torch",)
 
 
+PT_E1, PT_E2 = 5, 25
+PT_SCHEDULE = ("stage1.lr=0.1", "stage2.lr=0.1", "stage1.backbone_lr=0.1", "stage2.backbone_lr=0.1",
+               "stage1.warmup_epochs=1", "stage2.warmup_epochs=1")
+"""The ``pretrained`` size's epochs and rates (heads, the backbone's share, warm-up)."""
+
+
 SIZES: dict[str, Size] = {
     "quick": Size("quick", train_size=1000, val_size=100, test_size=500, image_size=32,
                   e1=2, e2=2, e3=1, batch_size=64, backbone="resnet18_tiny",
@@ -155,6 +162,18 @@ SIZES: dict[str, Size] = {
                             "stage2.init_proto_epoch=1", "stage2.start_clean_epoch=1",
                             "train.keep=last", "train.curve_splits=[test]"),
                  rows=("ce", "capro", "capro-ft", "oracle", "cleanlab"), paper_w_inst=False),
+    # Where users start: EfficientNet-Lite0 from the offline ImageNet weights, fine-tuned at
+    # 32 px (the backbone at a tenth of the heads' rate, one warm-up epoch); the long protocol's
+    # reading (every stage keeps its last epoch, each row also read at its best-validation
+    # epoch) and its data sizes. Chosen on validation seeds 100 and 101 (BENCHMARKS.md,
+    # "Pretrained start").
+    "pretrained": Size("pretrained", train_size=2000, val_size=500, test_size=1000, image_size=32,
+                       e1=PT_E1, e2=PT_E2, e3=2, batch_size=128, backbone="tf_efficientnet_lite0",
+                       overrides=("model.pretrained=package:efficientnet-lite0", "model.queue=256",
+                                  "data.workers=0", *PT_SCHEDULE, "stage2.frozen_encoder_epoch=1",
+                                  "stage2.init_proto_epoch=1", "stage2.start_clean_epoch=1",
+                                  "train.keep=last", "train.curve_splits=[test]"),
+                       rows=("ce", "ce-ema", "capro-ft", "oracle", "cleanlab"), paper_w_inst=False),
 }
 
 
@@ -216,12 +235,13 @@ def row_config(row: str, size: Size, seed: int) -> Config:
 
 def row_command(row: str, size: Size, seed: int, *, profile: str = "web") -> str:
     """The shell command that reproduces one (row, seed) on the data ``quality.py`` simulates."""
+    profile, noval = profile_key(profile)
     if row in ("cleanlab", "oracle"):
         return (f"python benchmarks/quality.py --size {size.name} --profile {profile} --seeds {seed} "
-                f"--rows {row}")
+                f"--rows {row}" + (" --without-val" if noval else ""))
     data = (f"capro simulate --out DATA --profile {profile} --seed {seed} --train-size "
             f"{size.train_size} --val-size {size.val_size} --test-size {size.test_size} "
-            f"--image-size {size.image_size}")
+            f"--image-size {size.image_size}" + (" && rm DATA/val.jsonl" if noval else ""))
     return f"{data} && capro run DATA --out RUN --preset cpu {' '.join(row_overrides(row, size, seed))}"
 
 
@@ -247,6 +267,33 @@ def commands_markdown(size: Size, profile: str, rows: tuple[str, ...] | None = N
             extra = f"`{extra}`"
         lines.append(f"| `{row}` | {extra} |")
     return "\n".join(lines)
+
+
+def without_val(data: Path, *, val_as_test: bool = False) -> Path:
+    """A copy of ``data`` (images linked) without ``val.jsonl``. ``val_as_test``: its ``test.jsonl``
+    is the clean ``val.jsonl``, so a validation seed's run records its clean validation score
+    after every epoch (the ``test_top1`` curve) without ever selecting on it, and epoch-selection
+    rules can be compared on validation data."""
+    dst = data.parent / ("data-noval-valcurve" if val_as_test else "data-noval")
+    if not (dst / "train.jsonl").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in data.iterdir():
+            if f.is_file() and f.name not in ("val.jsonl", *(("test.jsonl",) if val_as_test else ())):
+                shutil.copy2(f, dst / f.name)
+        if val_as_test:
+            shutil.copy2(data / "val.jsonl", dst / "test.jsonl")
+        if not (dst / "images").exists():
+            (dst / "images").symlink_to(data / "images")
+    return dst
+
+
+NOVAL = "-noval"
+"""Suffix of a profile key read without ``val.jsonl`` (``web-noval``: the user's default setting)."""
+
+
+def profile_key(key: str) -> tuple[str, bool]:
+    """(profile, without ``val.jsonl``) of a results key such as ``web`` or ``web-noval``."""
+    return (key[:-len(NOVAL)], True) if key.endswith(NOVAL) else (key, False)
 
 
 def stage_epochs(cfg: Config) -> dict[str, int]:
@@ -284,10 +331,13 @@ CURVE_STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3b")
 
 
 def read_curves(run_dir: Path) -> dict[str, list[float | None]]:
-    """Per-epoch ``val_top1`` / ``test_top1`` of a run, its training stages one after another."""
+    """Per-epoch ``val_top1`` / ``holdout_top1`` / ``test_top1`` of a run, its training stages one
+    after another (``holdout_top1``: a run without ``val.jsonl`` scores held-out training rows
+    against their web labels)."""
     import csv
 
-    out: dict[str, list[float | None]] = {"stage": [], "val_top1": [], "test_top1": []}
+    keys = ("val_top1", "holdout_top1", "test_top1")
+    out: dict[str, list[float | None]] = {"stage": [], **{k: [] for k in keys}}
     for stage in CURVE_STAGES:
         path = Path(run_dir) / stage / "log.csv"
         if not path.is_file():
@@ -295,18 +345,31 @@ def read_curves(run_dir: Path) -> dict[str, list[float | None]]:
         with open(path, encoding="utf-8", newline="") as fh:
             for r in csv.DictReader(fh):
                 out["stage"].append(stage)
-                for key in ("val_top1", "test_top1"):
+                for key in keys:
                     out[key].append(float(r[key]) if r.get(key) not in (None, "") else None)
     return out
 
 
 def best_validation(curves: dict[str, list[float | None]]) -> dict[str, float | int | None]:
     """{"top1_best": test top-1 at the epoch of the best validation top-1 (first of ties),
-    "best_epoch": that epoch's 0-based index over all stages, "val_best"}; None without curves."""
+    "best_epoch": that epoch's 0-based index over all stages, "val_best"}; None without curves.
+
+    Without a validation curve, the held-out rows' (web-label) curve selects as the engine would
+    (D23): the epoch whose trailing mean over ``HOLDOUT_WINDOW`` scored epochs is best.
+    """
+    from capro.config import HOLDOUT_WINDOW
+
     val = curves.get("val_top1") or []
-    scored = [(v, -i) for i, v in enumerate(val) if v is not None]
-    if not scored:
+    window = 1
+    if not any(v is not None for v in val):
+        val, window = curves.get("holdout_top1") or [], HOLDOUT_WINDOW
+    done = [i for i, v in enumerate(val) if v is not None]
+    if not done:
         return {"top1_best": None, "best_epoch": None, "val_best": None}
+    scored = []
+    for j, i in enumerate(done):
+        trail = [val[k] for k in done[max(0, j - window + 1):j + 1]]
+        scored.append((statistics.fmean(trail), -i))
     v, neg = max(scored)
     return {"top1_best": curves["test_top1"][-neg], "best_epoch": -neg, "val_best": v}
 

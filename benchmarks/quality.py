@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     LONG_COLUMNS,
+    NOVAL,
     RESULTS,
     ROWS,
     RUN_ORDER,
@@ -53,6 +54,7 @@ from common import (  # noqa: E402
     commands_markdown,
     gap_closed,
     machine_info,
+    profile_key,
     quality_table,
     read_curves,
     row_command,
@@ -64,6 +66,7 @@ from common import (  # noqa: E402
     stage_epochs,
     stage_table,
     update_markdown,
+    without_val,
 )
 
 from capro.engine.signals import EXIT_PREEMPTED, Preempted  # noqa: E402
@@ -313,9 +316,13 @@ def run_cleanlab_row(size: Size, seed: int, data: Path, base: Path) -> dict[str,
             "engine_metrics": metrics}, base / "kept" / "run")
 
 
-def run_one(row: str, size: Size, profile: str, seed: int, work: Path) -> dict[str, Any]:
+def run_one(row: str, size: Size, key: str, seed: int, work: Path) -> dict[str, Any]:
+    """One (row, seed) on the data of results key ``key`` (a profile, ``-noval``: without ``val.jsonl``)."""
+    profile, noval = profile_key(key)
     data = ensure_data(work, size, profile, seed)
-    run_dir = work / size_tag(size) / profile / f"seed{seed}" / row
+    if noval:
+        data = without_val(data)
+    run_dir = work / size_tag(size) / key / f"seed{seed}" / row
     t0 = time.perf_counter()
     if row == "cleanlab":
         res = run_cleanlab_row(size, seed, data, run_dir)
@@ -323,9 +330,9 @@ def run_one(row: str, size: Size, profile: str, seed: int, work: Path) -> dict[s
         res = run_oracle_row(size, seed, data, run_dir)
     else:
         res = run_engine_row(row, size, seed, data, run_dir)
-    return {"row": row, "profile": profile, "seed": seed, "size": size_dict(size),
+    return {"row": row, "profile": key, "seed": seed, "size": size_dict(size),
             "overrides": row_overrides(row, size, seed), "preset": "cpu",
-            "command": row_command(row, size, seed, profile=profile), "run_dir": str(run_dir),
+            "command": row_command(row, size, seed, profile=key), "run_dir": str(run_dir),
             "wall_seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine_info(), **res}
 
@@ -368,7 +375,7 @@ def write_outputs(results: Path, size: Size, profile: str, *, markdown: bool) ->
         tag = f"quality-{size.name}-{profile}"
         png = Path(__file__).resolve().parent / f"{tag.replace('-', '_')}.png"
         plot_quality(agg, png, title=f"{profile} profile, {size.name} size ({size.train_size} train images)")
-        if size.name == "long":
+        if size.name in ("long", "pretrained"):
             plot_test_curves(rs, png.with_name(f"{png.stem}_curves.png"),
                              title=f"{profile} profile, long size: test top-1 over epochs")
             both = set.intersection(*[{r["seed"] for r in rs if r["row"] == row} for row in ("ce", "oracle")])
@@ -387,12 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny data and epochs, seed 0 (minutes)")
     p.add_argument("--size", choices=list(SIZES), default="full",
                    help="quick | full (the short regime) | long (training until CE fits the noise)")
-    p.add_argument("--profile", nargs="+", default=["web"], choices=["web", "hard"])
+    p.add_argument("--profile", nargs="+", default=["web"], choices=["web", "hard", "uneven", "weak"])
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (quick: 0)")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), help="default: the size's rows")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK,
                    help=f"where data and runs go (default {DEFAULT_WORK}, or $CAPRO_BENCH_WORK)")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--without-val", action="store_true",
+                   help="train on copies without val.jsonl (a user's default: held-out training rows select); "
+                        "results under <profile>-noval")
     p.add_argument("--table-only", action="store_true", help="only re-aggregate existing results")
     p.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md or plots")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, the core count)")
@@ -404,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES["quick" if args.quick else args.size]
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     failures = 0
+    if args.without_val:
+        args.profile = [f"{p}{NOVAL}" for p in args.profile]
     if not args.table_only:
         rows = [r for r in RUN_ORDER if r in (args.rows or size.rows)]
         for profile in args.profile:

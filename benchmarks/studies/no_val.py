@@ -19,14 +19,13 @@ and selects epochs on their web labels. The runs reuse the ``quality.py`` data d
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suites' shared code
 import numpy as np  # noqa: E402
-from common import RESULTS, SIZES, machine_info, row_overrides  # noqa: E402
+from common import RESULTS, SIZES, machine_info, row_overrides, without_val  # noqa: E402
 from quality import DEFAULT_WORK, ensure_data, log, size_tag  # noqa: E402
 
 from capro.utils.io import read_json, write_json  # noqa: E402
@@ -35,23 +34,6 @@ OUT = RESULTS / "no_val.json"
 OUT_CURVES = RESULTS / "no_val_curves.json"
 """``--val-curve`` runs: per-epoch curves of runs without ``val.jsonl`` scored on it (validation seeds)."""
 
-
-def _without_val(data: Path, *, val_as_test: bool = False) -> Path:
-    """A copy of ``data`` (images linked) without ``val.jsonl``. ``val_as_test``: its ``test.jsonl``
-    is the clean ``val.jsonl``, so a validation seed's run records its clean validation score
-    after every epoch (the ``test_top1`` curve) without ever selecting on it, and epoch-selection
-    rules can be compared on validation data."""
-    dst = data.parent / ("data-noval-valcurve" if val_as_test else "data-noval")
-    if not (dst / "train.jsonl").is_file():
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in data.iterdir():
-            if f.is_file() and f.name not in ("val.jsonl", *(("test.jsonl",) if val_as_test else ())):
-                shutil.copy2(f, dst / f.name)
-        if val_as_test:
-            shutil.copy2(data / "val.jsonl", dst / "test.jsonl")
-        if not (dst / "images").exists():
-            (dst / "images").symlink_to(data / "images")
-    return dst
 
 VARIANTS = {"with_val": [], "without_val_text": ["train.holdout_from=text"],
             "without_val_any": ["train.holdout_from=any"],
@@ -256,14 +238,14 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{key}: running")
                 if args.val_curve:
                     run_dir = data.parent / f"noval-{variant}-valcurve"
-                    res = run_variant(_without_val(data, val_as_test=True), run_dir, seed, VARIANTS[variant])
+                    res = run_variant(without_val(data, val_as_test=True), run_dir, seed, VARIANTS[variant])
                     res["val_top1_after"], res["curves"] = res.pop("top1"), _curves(run_dir)
                     res["note"] = "test split replaced by the clean val.jsonl: top-1 figures are validation"
                 elif variant == "with_val":
                     res = run_variant(data, data.parent / f"noval-{variant}", seed, VARIANTS[variant])
                     res["curves"] = _curves(data.parent / f"noval-{variant}")
                 else:
-                    res = run_variant(_without_val(data), data.parent / f"noval-{variant}", seed, VARIANTS[variant])
+                    res = run_variant(without_val(data), data.parent / f"noval-{variant}", seed, VARIANTS[variant])
                     from capro.engine.predict import evaluate_run
 
                     res["val_top1_after"] = evaluate_run(data.parent / f"noval-{variant}", data=data,

@@ -186,6 +186,26 @@ def test_best_validation_reads_test_at_the_first_best_val_epoch():
     assert bc.best_validation({"val_top1": [None], "test_top1": [0.3]})["top1_best"] is None
 
 
+def test_best_validation_without_val_takes_the_held_out_rows_trailing_mean(monkeypatch):
+    import capro.config
+
+    monkeypatch.setattr(capro.config, "HOLDOUT_WINDOW", 2)
+    # trailing means over 2 scored epochs: 0.5, 0.75, 0.6, 0.5, 0.7 -> epoch 1
+    curves = {"stage": ["stage1"] * 5, "val_top1": [None] * 5, "holdout_top1": [0.5, 1.0, 0.2, 0.8, 0.6],
+              "test_top1": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    assert bc.best_validation(curves) == {"top1_best": 0.2, "best_epoch": 1, "val_best": 0.75}
+
+
+def test_pretrained_size_fine_tunes_the_shipped_weights_gently():
+    size = bc.SIZES["pretrained"]
+    cfg = bc.row_config("capro-ft", size, seed=0)
+    assert cfg.model.pretrained == "package:efficientnet-lite0" and cfg.model.backbone == "tf_efficientnet_lite0"
+    assert cfg.stage1.backbone_lr == cfg.stage2.backbone_lr == 0.1 and cfg.stage1.warmup_epochs == 1
+    assert cfg.data.channels is None  # from the data
+    ce = bc.row_config("ce", size, seed=0)
+    assert ce.stage1.epochs == cfg.stage1.epochs + cfg.stage2.epochs == size.e1 + size.e2
+
+
 def test_ce_best_row_is_derived_from_ce_and_the_gap_share():
     def res(row, seed, top1, best):
         return {"row": row, "seed": seed, "stages": {"stage1": 1.0},

@@ -18,6 +18,7 @@ from capro.data.simulate import (
     allocate,
     balanced,
     class_sizes,
+    clutter,
     render,
     simulate,
     summarise,
@@ -353,3 +354,29 @@ def test_uneven_profile_overlapping_concepts_and_unequal_classes(tmp_path):
     assert len({r["label"] for r in read_jsonl(out / "test.jsonl")}) == 10
     with pytest.raises(ConfigError, match="size_ratio"):
         simulate(tmp_path / "x", overrides={"size_ratio": 0.0}, progress=False)
+
+
+def test_clutter_lays_a_shifted_dimmed_item_over_the_image():
+    img = np.array([[0, 200], [10, 0]], dtype=np.uint8)
+    other = np.array([[100, 0], [0, 50]], dtype=np.uint8)
+    # rolled one row down: [[0, 50], [100, 0]], at half brightness [[0, 25], [50, 0]]; then the maximum
+    assert clutter(img, other, 0.5, (1, 0)).tolist() == [[0, 200], [50, 0]]
+    assert clutter(img, other, 1.0, (0, 0)).tolist() == [[100, 200], [10, 50]]
+
+
+def test_weak_profile_clutters_every_image_and_leaves_the_others_unchanged(tmp_path):
+    sizes = {"train_size": 200, "val_size": 40, "test_size": 40, "image_size": 16, "seed": 5, "progress": False}
+    summary = simulate(tmp_path / "weak", profile="weak", **sizes)
+    simulate(tmp_path / "web", profile="web", **sizes)
+    assert abs(summary["rates"]["label_noise"] - 0.40) < 0.01
+    # val and test draw the same items under both profiles: the weak image is the web image with
+    # a second item laid over it (pixelwise maximum), on (nearly) every image
+    changed = 0
+    for row in read_jsonl(tmp_path / "web" / "val.jsonl") + read_jsonl(tmp_path / "web" / "test.jsonl"):
+        plain = np.asarray(Image.open(tmp_path / "web" / row["image"]))
+        busy = np.asarray(Image.open(tmp_path / "weak" / row["image"]))
+        assert (busy >= plain).all()
+        changed += int((busy != plain).any())
+    assert changed >= 78
+    with pytest.raises(UsageError, match="clutter"):
+        simulate(tmp_path / "ml", profile="weak", multilabel=True, **sizes)

@@ -98,6 +98,10 @@ WRITE_BATCH = 64
 OUTPUT_FILES = ("classes.json", "train.jsonl", "val.jsonl", "test.jsonl", "truth.jsonl", "openset_test.jsonl")
 
 
+CLUTTER = 1.0
+"""The ``weak`` profile's clutter: the distractor's brightness relative to the main item's."""
+
+
 @dataclass
 class NoiseProfile:
     """Noise and text rates.
@@ -110,7 +114,10 @@ class NoiseProfile:
     overlapping class (:func:`overlap_partners`) under a text that is about what it shows and
     names the query, as a page about a T-shirt found by "shirt" does; ``size_ratio`` is the
     smallest query class's size over the largest's (1 = balanced; sizes in between are
-    geometric, assigned to the classes in a seeded order).
+    geometric, assigned to the classes in a seeded order). ``clutter`` (single-label) is not a
+    rate but an image property: when above 0, every image (train, val and test) also shows an
+    item of another class, shifted by up to an eighth of the side and laid over the main item at
+    this brightness (:func:`clutter`), so that even clean labels teach a weak visual model.
     """
 
     semantic: float
@@ -125,6 +132,7 @@ class NoiseProfile:
     tag_add: float = 0.0
     overlap: float = 0.0
     size_ratio: float = 1.0
+    clutter: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` when a rate is outside [0, 1] or shares add up past 1."""
@@ -164,6 +172,11 @@ PROFILES: dict[str, NoiseProfile] = {
                          query_mention=0.7, junk=0.6, unseen=0.10, tag_drop=0.3, tag_add=0.3),
     # ``hard``'s label-noise total, part of it from overlapping concepts, over classes of unequal,
     # small size (the largest six times the smallest): a new profile, so ``hard``'s tables stand.
+    # 40 % label noise on cluttered images (a second object of another class in every frame): a
+    # crawl where the visual model stays weak (clean-label CE about 50 %) while the text is as
+    # informative as ``web``'s.
+    "weak": NoiseProfile(semantic=0.22, uniform=0.12, outlier=0.06, text_missing=0.25, text_mismatch=0.10,
+                         query_mention=0.6, junk=0.5, unseen=0.07, tag_drop=0.2, tag_add=0.15, clutter=CLUTTER),
     "uneven": NoiseProfile(semantic=0.20, uniform=0.12, outlier=0.10, text_missing=0.40, text_mismatch=0.20,
                            query_mention=0.7, junk=0.6, unseen=0.10, tag_drop=0.3, tag_add=0.3,
                            overlap=0.08, size_ratio=1 / 6),
@@ -320,6 +333,13 @@ def render(item: np.ndarray, size: int) -> np.ndarray:
     o = (size - side) // 2
     out[o:o + side, o:o + side] = img
     return out
+
+
+def clutter(img: np.ndarray, distractor: np.ndarray, strength: float, shift: tuple[int, int]) -> np.ndarray:
+    """``img`` with a second rendered item laid over it: ``distractor`` (same shape) rolled by
+    ``shift`` (rows, columns) and dimmed to ``strength``, combined by the pixelwise maximum."""
+    moved = np.roll(distractor, shift, axis=(0, 1)).astype(np.float32)
+    return np.maximum(img, np.round(strength * moved).astype(np.uint8))
 
 
 def render_mosaic(tiles: list[np.ndarray | None], size: int, *, rgb: bool = False) -> np.ndarray:
@@ -634,6 +654,8 @@ def simulate(out: str | Path, *, profile: str | NoiseProfile = "web", train_size
     n_all = len(setting.classes)
     if multilabel and open_set:
         raise UsageError("open-set and multi-label simulation cannot be combined; choose one")
+    if multilabel and prof.clutter > 0:
+        raise UsageError(f"profile {name!r} clutters single images; multi-label mosaics take clutter=0")
     known = open_set_known if open_set else n_all
     if n_all < 2 or (open_set and n_all < 3) or (multilabel and n_all < 5):
         raise UsageError(f"source {src.name} has {n_all} classes; simulation needs at least 2 "
@@ -661,6 +683,20 @@ def simulate(out: str | Path, *, profile: str | NoiseProfile = "web", train_size
         digits = np.repeat(digits[..., None], 3, axis=-1)
 
     rng_label, rng_image, rng_text, rng_eval = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    # its own stream, drawn only when cluttering, so that the other profiles' files stay the same
+    rng_clutter = np.random.default_rng([seed, 0xC1])
+
+    def shown(img: np.ndarray, true: int | None, pool_images: np.ndarray, class_pools: list[np.ndarray]) -> np.ndarray:
+        """``img`` as the profile shows it: with a distractor of a class other than ``true``."""
+        if prof.clutter <= 0:
+            return img
+        other = int(rng_clutter.integers(n_all - (true is not None)))
+        if true is not None and other >= true:
+            other += 1
+        item = pool_images[class_pools[other][int(rng_clutter.integers(len(class_pools[other])))]]
+        reach = image_size // 8
+        shift = tuple(int(v) for v in rng_clutter.integers(-reach, reach + 1, size=2))
+        return clutter(img, render(item, image_size), prof.clutter, shift)
     classes = setting.classes[:known]
     names = setting.names
     jobs: list[tuple[str, np.ndarray]] = []
@@ -694,7 +730,7 @@ def simulate(out: str | Path, *, profile: str | NoiseProfile = "web", train_size
                 item = digits[digit_picks.pop()]
             else:
                 item = x_tr[picks[p["true"]].pop()]
-            jobs.append((rel, render(item, image_size)))
+            jobs.append((rel, shown(render(item, image_size), p["true"], x_tr, pools)))
             label = names[p["query"]]
             known_true = p["true"] is not None and p["noise"] != "unseen_class"
             truth = {"id": rid, "true_label": names[p["true"]] if known_true else None, "noise": p["noise"]}
@@ -741,7 +777,7 @@ def simulate(out: str | Path, *, profile: str | NoiseProfile = "web", train_size
             for i, c in enumerate(rng_eval.permutation(labels)):
                 rid = f"{split}_{i:06d}"
                 rel = f"images/{split}/{rid}.png"
-                jobs.append((rel, render(take(split, int(c)), image_size)))
+                jobs.append((rel, shown(render(take(split, int(c)), image_size), int(c), x_te, eval_pools)))
                 rows.append({"id": rid, "image": rel, "label": names[c]})
         split_rows[split] = rows
     openset_rows: list[dict[str, Any]] = []
@@ -752,7 +788,7 @@ def simulate(out: str | Path, *, profile: str | NoiseProfile = "web", train_size
             for j in range(per_class):
                 rid = f"test_unseen_{c}_{j:06d}"
                 rel = f"images/test/{rid}.png"
-                jobs.append((rel, render(take("test", c), image_size)))
+                jobs.append((rel, shown(render(take("test", c), image_size), c, x_te, eval_pools)))
                 openset_rows.append({"id": rid, "image": rel, "label": None, "true_name": names[c]})
         openset_rows = [openset_rows[j] for j in rng_eval.permutation(len(openset_rows))]
 
