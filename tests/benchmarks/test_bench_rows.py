@@ -200,7 +200,7 @@ def test_pretrained_size_fine_tunes_the_shipped_weights_gently():
     size = bc.SIZES["pretrained"]
     cfg = bc.row_config("capro-ft", size, seed=0)
     assert cfg.model.pretrained == "package:efficientnet-lite0" and cfg.model.backbone == "tf_efficientnet_lite0"
-    assert cfg.stage1.backbone_lr == cfg.stage2.backbone_lr == 0.1 and cfg.stage1.warmup_epochs == 1
+    assert cfg.stage1.lr == cfg.stage2.lr == 0.01 and cfg.stage1.warmup_epochs == cfg.stage2.warmup_epochs == 1
     assert cfg.data.channels is None  # from the data
     ce = bc.row_config("ce", size, seed=0)
     assert ce.stage1.epochs == cfg.stage1.epochs + cfg.stage2.epochs == size.e1 + size.e2
