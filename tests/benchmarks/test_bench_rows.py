@@ -91,6 +91,21 @@ def test_row_command_reproduces_the_overrides():
     assert "--rows cleanlab" in bc.row_command("cleanlab", size, 1)
 
 
+def test_a_noval_key_reads_without_val_jsonl(tmp_path):
+    assert bc.profile_key("web-noval") == ("web", True) and bc.profile_key("hard") == ("hard", False)
+    size = bc.SIZES["long"]
+    cmd = bc.row_command("ce", size, 0, profile="weak-noval")
+    assert "--profile weak --seed 0" in cmd and "rm DATA/val.jsonl && capro run" in cmd
+    assert bc.row_command("oracle", size, 0, profile="web-noval").endswith("--rows oracle --without-val")
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for name in ("classes.json", "train.jsonl", "val.jsonl", "test.jsonl"):
+        (data / name).write_text(name)
+    copy = bc.without_val(data)
+    assert sorted(p.name for p in copy.iterdir()) == ["classes.json", "images", "test.jsonl", "train.jsonl"]
+    assert (copy / "images").resolve() == (data / "images").resolve()
+
+
 def test_unknown_row_is_refused():
     with pytest.raises(KeyError, match="unknown row"):
         bc.row_overrides("nope", bc.SIZES["quick"], 0)
