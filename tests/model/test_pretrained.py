@@ -56,3 +56,22 @@ def test_wrong_backbone_or_package_names_the_fix():
         create_backbone("tf_efficientnet_lite1", in_chans=3, pretrained="package:efficientnet-lite0")
     with pytest.raises(ConfigError, match="unknown weight package 'resnet50'"):
         resolve_weights("package:resnet50")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_finetune_preset_starts_from_the_shipped_weights_with_the_datas_channels(lite0, channels):
+    from capro.config import load_config
+    from capro.engine.stages import build_model
+
+    cfg = load_config(preset="finetune", overrides=[f"data.channels={channels}"])
+    model = build_model(cfg, 10, multi_label=False)
+    stem = model.encoder_q.conv_stem.weight
+    assert stem.shape[1] == channels
+    torch.testing.assert_close(stem, adapt_input_channels(lite0["_conv_stem.weight"], channels))
+    # the last block's projection too: the whole backbone, not only its stem, is pretrained
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, in_chans=channels)
+    converted = convert_efficientnet_lite({**lite0, "_conv_stem.weight": adapt_input_channels(
+        lite0["_conv_stem.weight"], channels)}, net.state_dict())
+    own = model.encoder_q.state_dict()
+    assert set(own) == set(converted) and len(own) == 294
+    assert all(torch.equal(own[k], converted[k]) for k in own)
