@@ -167,7 +167,7 @@ SIZES: dict[str, Size] = {
     # Where users start: EfficientNet-Lite0 from the offline ImageNet weights, fine-tuned at
     # 32 px for 12 epochs (rate 0.01, one warm-up epoch); the long protocol's
     # reading (every stage keeps its last epoch, each row also read at its best-validation
-    # epoch) and its data sizes. Chosen on validation seeds 100 and 101 (BENCHMARKS.md,
+    # epoch) and its data sizes. The rates chosen on validation seed 100 (BENCHMARKS.md,
     # "Pretrained start").
     "pretrained": Size("pretrained", train_size=2000, val_size=500, test_size=1000, image_size=32,
                        e1=PT_E1, e2=PT_E2, e3=2, batch_size=128, backbone="tf_efficientnet_lite0",

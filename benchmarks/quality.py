@@ -69,6 +69,7 @@ from common import (  # noqa: E402
     without_val,
 )
 
+from capro.data.simulate import PROFILES  # noqa: E402
 from capro.engine.signals import EXIT_PREEMPTED, Preempted  # noqa: E402
 from capro.utils.io import atomic_write, link_tree, read_json, read_jsonl, write_json  # noqa: E402
 
@@ -377,7 +378,7 @@ def write_outputs(results: Path, size: Size, profile: str, *, markdown: bool) ->
         plot_quality(agg, png, title=f"{profile} profile, {size.name} size ({size.train_size} train images)")
         if size.name in ("long", "pretrained"):
             plot_test_curves(rs, png.with_name(f"{png.stem}_curves.png"),
-                             title=f"{profile} profile, long size: test top-1 over epochs")
+                             title=f"{profile} profile, {size.name} size: test top-1 over epochs")
             both = set.intersection(*[{r["seed"] for r in rs if r["row"] == row} for row in ("ce", "oracle")])
             matched = aggregate([r for r in rs if r["seed"] in both])
             update_markdown(tag, quality_table(agg, LONG_COLUMNS) + "\n\n" + gap_line(matched))
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny data and epochs, seed 0 (minutes)")
     p.add_argument("--size", choices=list(SIZES), default="full",
                    help="quick | full (the short regime) | long (training until CE fits the noise)")
-    p.add_argument("--profile", nargs="+", default=["web"], choices=["web", "hard", "uneven", "weak"])
+    p.add_argument("--profile", nargs="+", default=["web"], choices=sorted(PROFILES))
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (quick: 0)")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), help="default: the size's rows")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK,

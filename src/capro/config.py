@@ -1,8 +1,8 @@
 """Typed configuration: dataclasses with YAML load/save, named presets and dotted overrides.
 
 A config is built in layers: defaults (the paper's WebVision values, docs/method.md) <- preset
-(``webvision1k``, ``google500``, ``nuswide``, ``cpu``, ``finetune``, ``tiny``) <- YAML file <- ``key.sub=value``
-overrides. Unknown keys are an error naming the key. The resolved config is saved in every run.
+(``webvision1k``, ``google500``, ``nuswide``, ``cpu``, ``finetune``, ``tiny``) <- YAML file <-
+``key.sub=value`` overrides. Unknown keys are an error naming the key. The resolved config is saved in every run.
 
 Examples:
     >>> cfg = load_config(preset="tiny", overrides=["stage1.epochs=2"])
@@ -435,7 +435,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # time per epoch).
     "finetune": {
         "data": {"image_size": 32, "workers": 2},
-        "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "package:efficientnet-lite0", "queue": 1024},
+        "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "package:efficientnet-lite0",
+                  "queue": 1024},
         "method": {"pseudo_th": 0.9},
         "train": {"log_every": 20},
         "stage1": {"epochs": 2, "lr": 0.01, "warmup_epochs": 1, "batch_size": 128, "w_inst": 0.1},
@@ -663,7 +664,8 @@ def _within(low: float, high: float, *, open_low: bool = False) -> tuple[Any, st
 
 
 _STAGE_RANGES: dict[str, tuple[Any, str]] = {
-    "epochs": _at_least(0), "lr": _at_least(0), "warmup_epochs": _at_least(0), "backbone_lr": _at_least(0), "batch_size": _at_least(1),
+    "epochs": _at_least(0), "lr": _at_least(0), "warmup_epochs": _at_least(0), "backbone_lr": _at_least(0),
+    "batch_size": _at_least(1),
     "frozen_encoder_epoch": _at_least(0), "init_proto_epoch": _at_least(0), "start_clean_epoch": _at_least(0),
     "w_inst": _at_least(0), "w_recn": _at_least(0), "w_proto": _at_least(0), "mixup_alpha": _above(0),
     "ema_epochs": _at_least(0), "ema_max_share": _within(0, 1, open_low=True),

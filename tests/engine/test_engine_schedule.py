@@ -52,6 +52,7 @@ def test_param_groups_backbone_at_its_share_heads_first():
 
 def test_backbone_lr_zero_leaves_pretrained_backbone_untouched(tiny_web_data, tmp_path):
     from capro.config import load_config
+    from capro.engine.checkpoint import load_checkpoint
     from capro.engine.runner import run_pipeline
     from capro.engine.stages import build_model
 
@@ -65,7 +66,7 @@ def test_backbone_lr_zero_leaves_pretrained_backbone_untouched(tiny_web_data, tm
         cfg = load_config(preset="tiny", overrides=[*ce, f"stage1.backbone_lr={share}",
                                                     f"model.pretrained={weights}"])
         run_pipeline(tiny_web_data, run, cfg, progress=False)
-        trained = torch.load(run / "stage1" / "last.pt", weights_only=False)["model"]
+        trained = load_checkpoint(run / "stage1" / "last.pt")["model"]
         params = dict(start.encoder_q.named_parameters())
         same = [torch.equal(trained[f"encoder_q.{k}"], v) for k, v in params.items()]
         assert all(same) is not moved and any(same) is not moved

@@ -40,9 +40,8 @@ def param_groups(named: list[tuple[str, Tensor]], *, backbone_scale: float,
     One group when the scale is 1 (the optimizer state of runs before the option stays loadable);
     else heads first, so ``param_groups[0]`` carries the stage's own rate.
     """
-    params = [p for _, p in named]
     if backbone_scale == 1.0:
-        return [{"params": params, "lr_scale": 1.0}]
+        return [{"params": [p for _, p in named], "lr_scale": 1.0}]
     heads = [p for k, p in named if not k.startswith(backbone_prefix)]
     backbone = [p for k, p in named if k.startswith(backbone_prefix)]
     return [{"params": heads, "lr_scale": 1.0}, {"params": backbone, "lr_scale": backbone_scale}]

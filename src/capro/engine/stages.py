@@ -303,8 +303,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     sampler = EpochSampler(n, global_batch=global_batch, steps=steps, rank=info.rank,
                            world=info.world_size, seed=cfg.seed + STAGE_SEED[name])
     named = [(k, p) for k, p in model.named_parameters() if not k.startswith("encoder_k.")]
-    optimizer = torch.optim.SGD(param_groups(named, backbone_scale=st.backbone_lr), lr=st.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.SGD(param_groups(named, backbone_scale=st.backbone_lr), lr=st.lr,
+                                momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if ctx.amp == torch.float16 else None
     if ctx.multi_label:
         web = ctx.web_targets()
