@@ -215,8 +215,7 @@ class MethodConfig:
     rule_probe_epochs: int = RULE_PROBE_EPOCHS
     """How D21 chooses among ``keep_rules`` without a full stage 2 per rule: the rules share stage 2
     until their keep decisions first differ (the epoch after ``stage2.start_clean_epoch``), then
-    each trains this many epochs side by side (at most half the epochs left after that, so a
-    short fine-tune gets a shorter probe), and only the rule whose mean selecting score over
+    each trains this many epochs side by side, and only the rule whose mean selecting score over
     those epochs is best goes on to the end of stage 2. When the lead is a close call on held-out
     rows scored against web labels, the first rule goes on. 0: a full stage 2 per rule (the
     choice as first built, about twice the price)."""

@@ -18,7 +18,7 @@ import dataclasses
 
 from capro.config import MethodConfig, parse_rule
 
-__all__ = ["choose", "parse_rule", "probe_epochs", "rule_method"]
+__all__ = ["choose", "parse_rule", "rule_method"]
 
 
 def rule_method(method: MethodConfig, rule: str) -> MethodConfig:
@@ -33,14 +33,3 @@ def choose(scores: dict[str, float | None]) -> str:
         if score is not None and (best_score is None or score > best_score):
             best, best_score = rule, score
     return best
-
-
-def probe_epochs(configured: int, epochs: int, split_at: int | None) -> int:
-    """D21's probe length for a stage 2 of ``epochs`` epochs whose keep decisions first differ at
-    epoch ``split_at``: ``configured`` (``method.rule_probe_epochs``), but at most half the
-    epochs left after the split, so the chosen rule always has as many epochs to go on as the
-    probe took (a 10-epoch probe in a 10-epoch fine-tune would never run). 0: no probe (the
-    configured 0, a stage that never cleans, or fewer than 2 epochs after the split)."""
-    if configured <= 0 or split_at is None:
-        return 0
-    return max(0, min(configured, (epochs - split_at) // 2))

@@ -436,7 +436,7 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     stage-2 model scores best on the selecting split (:func:`_stage2_score`) is chosen. Without a
     selecting split only the first rule trains. Every rule's score and online-cleaning counts go
     to ``p.online_rule`` (``metrics.json``: ``online_rule``)."""
-    from capro.engine.keep_rules import choose, probe_epochs
+    from capro.engine.keep_rules import choose
 
     ctx, cfg = p.ctx, p.ctx.cfg
     scorer = p.scorer()
@@ -452,10 +452,10 @@ def _choose_online_rule(p: _Pipeline, model: CAPro, domain) -> CleaningState:
     subs = {rule: _branch(p, rule, "online_rules", {"stage2": fingerprint({"up": p.fps["stage2"], "rule": rule})})
             for rule in rules}
     split_at = _rules_split_at(cfg.stage2)
-    probe = probe_epochs(cfg.method.rule_probe_epochs, cfg.stage2.epochs, split_at)
+    probe = cfg.method.rule_probe_epochs
     record: dict[str, Any] | None = None
-    if len(rules) > 1 and probe > 0:
-        record, _ = _probe_online_rules(p, model, domain, subs, dataset, split_at, probe)
+    if len(rules) > 1 and probe > 0 and split_at is not None and split_at + probe < cfg.stage2.epochs:
+        record, _ = _probe_online_rules(p, model, domain, subs, dataset, split_at)
         for sub in subs.values():  # each rule's stage 2 goes on from the end of its probe
             sub.ctx = dataclasses.replace(sub.ctx, resume=True)
         if record["decided"]:
@@ -537,10 +537,10 @@ def _probe_score(sub: _Pipeline, column: str, since: int) -> float | None:
 
 
 def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pipeline], dataset,
-                        split_at: int, probe: int) -> tuple[dict[str, Any], dict[str, np.ndarray | None]]:
+                        split_at: int) -> tuple[dict[str, Any], dict[str, np.ndarray | None]]:
     """D21's probe: the first rule trains stage 2 up to ``split_at`` (where the rules' keep
     decisions first differ) and every other rule starts from a copy of it; each then trains
-    ``probe`` more epochs (:func:`capro.engine.keep_rules.probe_epochs`) and pauses. The rule whose mean selecting score over
+    ``method.rule_probe_epochs`` more epochs and pauses. The rule whose mean selecting score over
     its probe epochs is best leads. The probe decides when the lead is significant (McNemar over
     the rows where the rules' probe-end weights disagree: the leader is chosen) or when the
     selecting split is held-out rows scored against web labels (a close call there chooses the
@@ -550,9 +550,10 @@ def _probe_online_rules(p: _Pipeline, model: CAPro, domain, subs: dict[str, _Pip
     Every rank calls; ``model`` ends with the last rule's probe weights."""
     from capro.engine.keep_rules import choose
 
-    ctx = p.ctx
+    ctx, cfg = p.ctx, p.ctx.cfg
     scorer = p.scorer()
     rules = list(subs)
+    probe = cfg.method.rule_probe_epochs
     until = split_at + probe
     record_path = p.dir("online_rules") / "probe.json"
     fp = fingerprint({"up": p.fps["stage2"], "rules": rules, "probe": probe})
