@@ -170,13 +170,13 @@ PROFILES: dict[str, NoiseProfile] = {
                         query_mention=0.6, junk=0.5, unseen=0.07, tag_drop=0.2, tag_add=0.15),
     "hard": NoiseProfile(semantic=0.28, uniform=0.12, outlier=0.10, text_missing=0.40, text_mismatch=0.20,
                          query_mention=0.7, junk=0.6, unseen=0.10, tag_drop=0.3, tag_add=0.3),
-    # ``hard``'s label-noise total, part of it from overlapping concepts, over classes of unequal,
-    # small size (the largest six times the smallest): a new profile, so ``hard``'s tables stand.
     # 40 % label noise on cluttered images (a second object of another class in every frame): a
     # crawl where the visual model stays weak (clean-label CE about 50 %) while the text is as
     # informative as ``web``'s.
     "weak": NoiseProfile(semantic=0.22, uniform=0.12, outlier=0.06, text_missing=0.25, text_mismatch=0.10,
                          query_mention=0.6, junk=0.5, unseen=0.07, tag_drop=0.2, tag_add=0.15, clutter=CLUTTER),
+    # ``hard``'s label-noise total, part of it from overlapping concepts, over classes of unequal,
+    # small size (the largest six times the smallest): a new profile, so ``hard``'s tables stand.
     "uneven": NoiseProfile(semantic=0.20, uniform=0.12, outlier=0.10, text_missing=0.40, text_mismatch=0.20,
                            query_mention=0.7, junk=0.6, unseen=0.10, tag_drop=0.3, tag_add=0.3,
                            overlap=0.08, size_ratio=1 / 6),
