@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -219,6 +220,13 @@ def test_pretrained_size_fine_tunes_the_shipped_weights_gently():
     assert cfg.data.channels is None  # from the data
     ce = bc.row_config("ce", size, seed=0)
     assert ce.stage1.epochs == cfg.stage1.epochs + cfg.stage2.epochs == size.e1 + size.e2
+    # stage 1 skipped: stage 2 gets its epochs; "late" also moves prototypes and cleaning on by them
+    s0, late = (bc.row_config(row, size, seed=0) for row in ("capro-ft-s0", "capro-ft-s0-late"))
+    assert (s0.stage1.epochs, s0.stage2.epochs, s0.stage3.epochs) == (0, size.e1 + size.e2, size.e3)
+    assert dataclasses.replace(s0.stage2, epochs=cfg.stage2.epochs) == cfg.stage2
+    assert (late.stage2.init_proto_epoch, late.stage2.start_clean_epoch) == (
+        cfg.stage2.init_proto_epoch + size.e1, cfg.stage2.start_clean_epoch + size.e1)
+    assert dataclasses.replace(late.stage2, init_proto_epoch=1, start_clean_epoch=1) == s0.stage2
 
 
 def test_ce_best_row_is_derived_from_ce_and_the_gap_share():
