@@ -179,7 +179,6 @@ def test_row_metrics_from_engine_metrics():
 
 
 def test_size_dict_survives_json_and_size_tag_tracks_the_spec():
-    import dataclasses
     import json
 
     size = bc.SIZES["quick"]
