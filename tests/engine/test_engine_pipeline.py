@@ -178,3 +178,27 @@ def test_bf16_autocast_trains(tiny_web_data, tmp_path):
     train_stage(ctx, "stage1", cfg.stage1, model=model, dataset=ctx.train_dataset(), fingerprint="t")
     assert model.classifier.weight.dtype == torch.float32
     assert torch.isfinite(model.classifier.weight).all() and not torch.equal(model.classifier.weight, before)
+
+
+def test_skipping_stage_1_warns_only_without_starting_weights(tiny_web_data, tmp_path):
+    """``stage1.epochs=0`` builds the graph from the starting weights: a warning names the fix
+    when those are random; from a weights file the run trains stage 2 without a word."""
+    import warnings
+
+    from capro.engine.stages import build_model
+
+    skip = ["model.backbone=simple_cnn", "stage1.epochs=0", "stage2.epochs=2", "stage3.epochs=0",
+            "train.max_steps_per_epoch=2"]
+    with pytest.warns(UserWarning, match=r"stage1.epochs=0 without model.pretrained: .* set model.pretrained"):
+        m = run_pipeline(tiny_web_data, tmp_path / "random", load_config(preset="tiny", overrides=skip),
+                         progress=False)
+    assert m["final_stage"] == "stage2"
+    weights = tmp_path / "backbone.pt"
+    start = build_model(load_config(preset="tiny", overrides=[*skip, "data.channels=1"]), 10, multi_label=False)
+    torch.save(start.encoder_q.state_dict(), weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = run_pipeline(tiny_web_data, tmp_path / "pretrained", load_config(
+            preset="tiny", overrides=[*skip, f"model.pretrained={weights}"]), progress=False)
+    assert not [w for w in caught if "stage1.epochs=0" in str(w.message)]
+    assert m["final_stage"] == "stage2"

@@ -820,6 +820,10 @@ def _run(data_root: Path, run_dir: Path, cfg: Config, info: DistInfo, *, resume:
         if multi and rules:
             warnings.warn(f"{key} chooses among single-label keep rules; this multi-label run "
                           "cleans with its method's rule only", stacklevel=2)
+    if info.is_main and cfg.stage1.epochs == 0 and cfg.stage2.epochs > 0 and not cfg.model.pretrained:
+        warnings.warn("stage1.epochs=0 without model.pretrained: the kNN graph and the anchors come from "
+                      "randomly initialised features; set model.pretrained (e.g. --preset finetune) or "
+                      "train stage 1", stacklevel=2)
     if info.is_main and model_parts(cfg)["momentum_keys"] and queue_too_big(cfg.model.queue, len(train.records)):
         warnings.warn(f"model.queue={cfg.model.queue} holds more than half of the "
                       f"{len(train.records)} training images: the instance loss then often finds an "
