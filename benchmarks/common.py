@@ -35,7 +35,7 @@ their result files' identity: kept as they were when rows are added)."""
 
 ROWS: tuple[str, ...] = (*RECORDED_ROWS[:8], "capro-ft-s2last", "capro-distance", "capro-ft-distance",
                          *RECORDED_ROWS[8:], "ce-ema",
-                         "capro-ft-s0", "capro-ft-s0-late")
+                         "capro-ft-s0", "capro-ft-s0-late", "capro-ft-la")
 """The quality rows, in table order (benchmark.md); ``oracle`` (CE on the truly clean rows only,
 from ``truth.jsonl``) is the ceiling, not a competitor. ``capro-ft-s2last`` cleans offline and
 fine-tunes from stage 2's last epoch (``clean.stage2_checkpoint=kept`` under ``train.keep=last``),
@@ -45,14 +45,16 @@ default until D13 made it the margin-aware softmax. ``ce-ema`` is ``ce`` with
 D22's weight average (what the average alone gives plain training). ``capro-ft-s0`` skips stage 1
 (the kNN graph and anchors come from the starting weights' features, stage 2 gets its epochs):
 for a pretrained start; ``capro-ft-s0-late`` also starts the prototypes and cleaning as many
-epochs later as stage 1 had."""
+epochs later as stage 1 had. ``capro-ft-la`` cleans with the web labels' class prior taken out
+of the classifier's scores (``method.logit_adjust=1``)."""
 
 DERIVED_ROWS: dict[str, str] = {"ce-best": "ce"}
 """Rows read off another row's run: ``ce-best`` is ``ce`` at its best-validation epoch."""
 
 RUN_ORDER: tuple[str, ...] = ("ce", "capro", "capro-ft", "capro-ft-s2best", "capro-ft-s2last", "oracle",
                               "capro-distance", "capro-ft-distance", "cleanlab", "vanilla", "capro-no-enhance",
-                              "capro-random-anchors", "mopro", "ce-ema", "capro-ft-s0", "capro-ft-s0-late")
+                              "capro-random-anchors", "mopro", "ce-ema", "capro-ft-s0", "capro-ft-s0-late",
+                              "capro-ft-la")
 """The order rows are run in: the headline comparison first; ``capro`` before the three rows
 that reuse its finished steps."""
 
@@ -220,6 +222,7 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
         "capro-ft-s0": ["stage1.epochs=0", f"stage2.epochs={size.e1 + size.e2}", f"stage3.epochs={size.e3}"],
         "capro-ft-s0-late": ["stage1.epochs=0", f"stage2.epochs={size.e1 + size.e2}", f"stage3.epochs={size.e3}",
                              f"stage2.start_clean_epoch={size.e1 + 1}", f"stage2.init_proto_epoch={size.e1 + 1}"],
+        "capro-ft-la": [*_two_stage(size, finetune=True), "method.logit_adjust=1"],
         # offline cleaning and the fine-tune from stage 2's best-validation epoch
         "capro-ft-s2best": [*_two_stage(size, finetune=True), "clean.stage2_checkpoint=best"],
         # offline cleaning and the fine-tune from what stage 2 handed on (its last epoch here)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from capro.cleaning import clean_batch, clean_batch_multilabel, cleaning_scores
+from capro.cleaning import class_log_prior, clean_batch, clean_batch_multilabel, cleaning_scores
 
 
 def test_cleaning_scores_mix():
@@ -11,6 +11,28 @@ def test_cleaning_scores_mix():
     got = cleaning_scores(logits, proto, alpha=0.25)
     expected = 0.25 * F.softmax(logits, 1) + 0.75 * F.softmax(proto, 1)
     assert torch.allclose(got, expected)
+
+
+def test_class_log_prior_by_hand():
+    labels = torch.tensor([0, 0, 0, 1, -1, 0, 1])  # counts 4, 2, 0 (+1 each: 5, 3, 1 of 9); -1 ignored
+    got = class_log_prior(labels, 3, tau=0.5)
+    assert torch.allclose(got, 0.5 * torch.log(torch.tensor([5 / 9, 3 / 9, 1 / 9])))
+
+
+def test_cleaning_scores_take_the_prior_out_of_the_classifier_share():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.4, 0.0]])
+    proto = torch.tensor([[0.0, 5.0, 0.0], [1.0, 0.0, 0.0]])
+    prior = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    got = cleaning_scores(logits, proto, alpha=0.25, log_prior=prior)
+    expected = 0.25 * F.softmax(logits - prior, 1) + 0.75 * F.softmax(proto, 1)
+    assert torch.allclose(got, expected)
+    # by hand, row 2's classifier share: exp(0.5)/0.6, exp(0.4)/0.3, 1/0.1, normalised
+    w = torch.tensor([0.5, 0.4, 0.0]).exp() / torch.tensor([0.6, 0.3, 0.1])
+    assert torch.allclose(got[1], 0.25 * w / w.sum() + 0.75 * F.softmax(proto[1], 0))
+    # a uniform prior (balanced classes) changes nothing: the paper's scores
+    uniform = class_log_prior(torch.arange(3).repeat(4), 3)
+    assert torch.allclose(cleaning_scores(logits, proto, alpha=0.25, log_prior=uniform),
+                          cleaning_scores(logits, proto, alpha=0.25))
 
 
 def test_clean_batch_hand_cases():

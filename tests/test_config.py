@@ -46,6 +46,7 @@ def test_int_is_accepted_for_float_and_null_for_optional():
         ("stage2.ema_epochs=-1", "'stage2.ema_epochs'"),
         ("train.select_window=0", "'train.select_window'"),
         ("stage2.ema_max_share=0", "'stage2.ema_max_share'"),
+        ("method.logit_adjust=-1", "'method.logit_adjust'"),
         ("method.protect_anchors=maybe", "expected true/false"),
         ("justakey", "key.sub=value"),
     ],

@@ -22,13 +22,26 @@ __all__ = [
 
 
 @torch.no_grad()
-def cleaning_scores(logits: Tensor, proto_logits: Tensor, *, alpha: float) -> Tensor:
-    """Cleaning score s [B, C] = ``alpha softmax(logits) + (1 - alpha) softmax(proto_logits)``.
+def cleaning_scores(logits: Tensor, proto_logits: Tensor, *, alpha: float,
+                    log_prior: Tensor | None = None) -> Tensor:
+    """Cleaning score s [B, C] = ``alpha softmax(logits - log_prior) + (1 - alpha) softmax(proto_logits)``.
 
     logits [B, C] from the main classifier; proto_logits [B, C] = z . P^T / T, already divided
-    by the temperature by the caller (so this function takes no temperature).
+    by the temperature by the caller (so this function takes no temperature). ``log_prior`` [C]
+    (``method.logit_adjust``: tau log of each class's share of the web labels, from
+    :func:`class_log_prior`) takes the label prior out of the classifier's share; None (the
+    paper) or a uniform prior leaves the scores as they are.
     """
+    if log_prior is not None:
+        logits = logits - log_prior.to(logits)
     return alpha * F.softmax(logits, dim=1) + (1.0 - alpha) * F.softmax(proto_logits.to(logits), dim=1)
+
+
+def class_log_prior(labels: Tensor, num_classes: int, *, tau: float = 1.0) -> Tensor:
+    """``tau * log`` of each class's share of ``labels`` [N] (int, -1 = none) as [C] float32,
+    add-one smoothed so a class without labels stays finite."""
+    counts = torch.bincount(labels[labels >= 0].long(), minlength=num_classes).float() + 1.0
+    return tau * torch.log(counts / counts.sum())
 
 
 @dataclass

@@ -219,6 +219,12 @@ class MethodConfig:
     those epochs is best goes on to the end of stage 2. When the lead is a close call on held-out
     rows scored against web labels, the first rule goes on. 0: a full stage 2 per rule (the
     choice as first built, about twice the price)."""
+    logit_adjust: float = 0.0
+    """Single-label cleaning (online and offline) scores the classifier's share as
+    ``softmax(logits - tau log prior)``, the prior being each class's share of the web labels and
+    tau this value: small classes are then not judged against the large ones' head start (a
+    uniform prior changes nothing). 0: off, the paper (see BENCHMARKS.md, "Pretrained start",
+    ``uneven``)."""
     protect_anchors: bool = True
     """Online cleaning never removes or relabels anchors."""
     prototypes: str = "anchors"
@@ -688,6 +694,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "method.alpha": _within(0, 1), "method.beta": _within(0, 1), "method.pseudo_th": _within(0, 1, open_low=True),
     "method.keep_th": _within(0, 1), "method.keep_top": _at_least(0),
     "method.rule_probe_epochs": _at_least(0),
+    "method.logit_adjust": _at_least(0),
     "train.momentum": _within(0, 1), "train.weight_decay": _at_least(0), "train.log_every": _at_least(0),
     "train.threads": _at_least(0),
     "train.checkpoint_every_steps": _at_least(0), "train.eval_batch_size": _at_least(1),

@@ -400,6 +400,10 @@ def test_analyse_matches_cleaning_scores():
     assert torch.allclose(res["proto_logits"], z @ m.prototypes.t() / 0.1, atol=1e-5)
     expected = cleaning.cleaning_scores(logits, z @ m.prototypes.t() / 0.1, alpha=0.3)
     assert torch.allclose(res["scores"], expected, atol=1e-6)
+    prior = torch.log(torch.linspace(1.0, 2.0, C) / torch.linspace(1.0, 2.0, C).sum())
+    adjusted = m.analyse(x, alpha=0.3, log_prior=prior)["scores"]
+    mixed = 0.3 * F.softmax(logits - prior, dim=1) + 0.7 * F.softmax(z @ m.prototypes.t() / 0.1, dim=1)
+    assert torch.allclose(adjusted, mixed, atol=1e-6) and not torch.allclose(adjusted, expected, atol=1e-4)
 
 
 # ---------------------------------------------------------------- multi-label

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from capro.cleaning import clean_batch, clean_batch_multilabel
+from capro.cleaning import class_log_prior, clean_batch, clean_batch_multilabel
 from capro.config import Config, StageConfig
 from capro.data.batched import (
     BatchEvalDataset,
@@ -120,6 +120,14 @@ class RunContext:
         """[N] int64 web labels (multi-label [N, C] float32 multi-hot)."""
         return label_targets(self.train.records, self.num_classes, multi_label=self.multi_label)
 
+    def cleaning_log_prior(self) -> torch.Tensor | None:
+        """[C] ``method.logit_adjust`` times the log of the web labels' class shares, which
+        single-label cleaning takes out of the classifier's scores; None when off or multi-label."""
+        tau = self.cfg.method.logit_adjust
+        if self.multi_label or not tau:
+            return None
+        return class_log_prior(torch.from_numpy(self.web_targets()), self.num_classes, tau=tau).to(self.dist.device)
+
     def stored_images(self, records: list | None = None) -> StoredImages:
         """The decoded images of the training split (or of ``records``), built once per run."""
         if records is None:
@@ -197,11 +205,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                           strict=False)
 
 
-def stage_flags(name: str, st: StageConfig, cfg: Config, epoch: int, *, prototypes_ready: bool) -> StepFlags:
+def stage_flags(name: str, st: StageConfig, cfg: Config, epoch: int, *, prototypes_ready: bool,
+                log_prior: torch.Tensor | None = None) -> StepFlags:
     """What a step of ``name`` does in ``epoch`` (strict ">" gates: cleaning starts the epoch after start_clean_epoch)."""
     m = cfg.method
     common = dict(bootstrap=m.bootstrap, alpha=m.alpha, beta=m.beta, pseudo_th=m.pseudo_th,
-                  keep_th=m.keep_th, keep_top=m.keep_top,
+                  keep_th=m.keep_th, keep_top=m.keep_top, log_prior=log_prior,
                   protect_anchors=m.protect_anchors, w_inst=st.w_inst, w_recn=st.w_recn,
                   w_proto=st.w_proto, mixup=st.mixup, mixup_alpha=st.mixup_alpha)
     clean = st.start_clean_epoch is not None and epoch > st.start_clean_epoch
@@ -310,6 +319,7 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
         web = ctx.web_targets()
         model.set_class_weights(pos_weights(web.sum(axis=0), len(web)))
     cleaning = CleaningState.fresh(ctx.web_targets())
+    log_prior = ctx.cleaning_log_prior()
     stats, start_epoch, start_step, global_step, elapsed = EpochStats(), 0, 0, 0, 0.0
     log = EpochLog(stage_dir, enabled=ctx.is_main)
     bad = ctx.bad_image_log(name)
@@ -399,7 +409,8 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
             if (start_step == 0 and domain is not None and st.init_proto_epoch == epoch
                     and cfg.method.prototypes == "anchors"):
                 initialise_prototypes(ctx, model, domain, epoch, bad)
-            flags = stage_flags(name, st, cfg, epoch, prototypes_ready=bool(model.prototypes_ready))
+            flags = stage_flags(name, st, cfg, epoch, prototypes_ready=bool(model.prototypes_ready),
+                                log_prior=log_prior)
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch, skip=start_step)
             loader = make_loader(dataset, sampler, workers=cfg.data.workers, epoch=epoch,
@@ -524,8 +535,9 @@ def _cleaning_scores(ctx: RunContext, model: CAPro) -> tuple[torch.Tensor, torch
                           workers=cfg.data.workers, worker_init_fn=ignore_stop_signals)
     scores, nearest, valid, skipped = [], [], [], []
     protos = model.prototypes
+    log_prior = ctx.cleaning_log_prior()
     for batch in loader:
-        out = model.analyse(batch["img"].to(device), alpha=cfg.method.alpha)
+        out = model.analyse(batch["img"].to(device), alpha=cfg.method.alpha, log_prior=log_prior)
         scores.append(out["scores"].float().cpu())
         valid.append(batch["valid"])
         skipped += bad_images(batch["index"], batch["valid"], batch["error"])

@@ -57,6 +57,9 @@ class StepFlags:
     """Single-label keep threshold on s[y]; None = 1/C (the paper)."""
     keep_top: int = 0
     """Single-label: keep only labels among the ``keep_top`` best-scored classes; 0 = off."""
+    log_prior: Tensor | None = None
+    """Single-label: [C] tau log of the web labels' class shares, taken out of the classifier's
+    share of the cleaning score (``method.logit_adjust``); None = off."""
     protect_anchors: bool = True
     w_inst: float = 1.0
     w_recn: float = 1.0
@@ -321,7 +324,7 @@ class CAPro(nn.Module):
         if flags.clean:
             anchor = batch.get("anchor") if flags.protect_anchors else None
             scores = cleaning.cleaning_scores(
-                out.p.detach(), proto_logits.detach(), alpha=flags.alpha
+                out.p.detach(), proto_logits.detach(), alpha=flags.alpha, log_prior=flags.log_prior
             )
             result = cleaning.clean_batch(
                 scores,
@@ -446,10 +449,11 @@ class CAPro(nn.Module):
 
     # ------------------------------------------------------------------ analysis (stage 3a)
     @torch.no_grad()
-    def analyse(self, x: Tensor, *, alpha: float) -> dict[str, Tensor]:
+    def analyse(self, x: Tensor, *, alpha: float, log_prior: Tensor | None = None) -> dict[str, Tensor]:
         """Offline-cleaning quantities of images x (the caller sets eval mode).
 
-        Returns "scores" [B, C] = alpha softmax(p) + (1 - alpha) softmax(z Pᵀ / T) (multi-label:
+        Returns "scores" [B, C] = alpha softmax(p - log_prior) + (1 - alpha) softmax(z Pᵀ / T)
+        (``log_prior`` [C] or None: :func:`capro.cleaning.cleaning_scores`; multi-label:
         positive-class scores alpha sigmoid(p) + (1 - alpha) softmax_{neg,pos}[pos]), "logits"
         [B, C], "proto_logits" [B, C] (multi-label: the positive-minus-negative prototype logit,
         whose sigmoid is the prototype's positive probability) and "embedding" [B, D].
@@ -464,7 +468,7 @@ class CAPro(nn.Module):
             scores = alpha * torch.sigmoid(logits) + (1 - alpha) * torch.sigmoid(proto_logits)
         else:
             proto_logits = z @ self.prototypes.t() / self.temperature
-            scores = cleaning.cleaning_scores(logits, proto_logits, alpha=alpha)
+            scores = cleaning.cleaning_scores(logits, proto_logits, alpha=alpha, log_prior=log_prior)
         return {"scores": scores, "logits": logits, "proto_logits": proto_logits, "embedding": z}
 
     # ------------------------------------------------------------------ private helpers
