@@ -113,6 +113,18 @@ def test_frozen_backbone_does_not_move(tiny_web_data, tmp_path, frozen):
     assert all(p.requires_grad for p in model.encoder_q.parameters())  # unfrozen after the stage
 
 
+def test_cleaning_log_prior_is_the_web_labels_shares(tiny_web_data, tmp_path):
+    cfg = load_config(preset="tiny")
+    assert _ctx(tiny_web_data, tmp_path, cfg).cleaning_log_prior() is None  # off: the paper
+    cfg = load_config(preset="tiny", overrides=["method.logit_adjust=0.5"])
+    ctx = _ctx(tiny_web_data, tmp_path, cfg)
+    counts = np.bincount([r.label for r in ctx.train.records], minlength=ctx.num_classes) + 1.0
+    expected = 0.5 * np.log(counts / counts.sum())
+    assert np.allclose(ctx.cleaning_log_prior().numpy(), expected, atol=1e-6)
+    flags = stage_flags("stage2", cfg.stage2, cfg, 2, prototypes_ready=True, log_prior=ctx.cleaning_log_prior())
+    assert torch.equal(flags.log_prior, ctx.cleaning_log_prior())
+
+
 def test_stage_flags_follow_the_strict_epoch_gates():
     cfg = load_config(preset="webvision1k")
     st = cfg.stage2  # init 5, clean 10

@@ -235,6 +235,28 @@ def test_cleaning_inside_training_step_protects_anchors():
     assert torch.equal(out_free.relabeled, unprotected.relabeled)
 
 
+def test_cleaning_inside_training_step_takes_the_prior_out():
+    """``StepFlags.log_prior`` reaches the step's cleaning: its verdicts are those of the
+    prior-adjusted scores, and a prior that matters changes them."""
+    m = make_model()
+    batch = make_batch()
+    _, p, z = query_side(m, batch["img"])
+    with torch.no_grad():
+        m.prototypes.copy_(z[:C])
+    proto = z @ m.prototypes.t() / 0.1
+    batch["target"] = torch.arange(B) % C
+    prior = torch.full((C,), -4.0)
+    prior[0] = 0.0  # class 0 holds nearly all the labels: its classifier head start is taken out
+    flags = StepFlags(use_prototypes=True, clean=True, pseudo_th=0.45, momentum_update_key=False,
+                      protect_anchors=False, log_prior=prior)
+    out = copy.deepcopy(m)(batch, flags)
+    expected = cleaning.clean_batch(cleaning.cleaning_scores(p, proto, alpha=0.5, log_prior=prior),
+                                    batch["target"], pseudo_th=0.45)
+    plain = cleaning.clean_batch(cleaning.cleaning_scores(p, proto, alpha=0.5), batch["target"], pseudo_th=0.45)
+    assert torch.equal(out.target, expected.target) and torch.equal(out.clean, expected.clean)
+    assert not (torch.equal(plain.target, expected.target) and torch.equal(plain.clean, expected.clean))
+
+
 def test_prototype_update_uses_clean_set_with_corrected_labels():
     m = make_model(proto_m=0.7)
     batch = make_batch()
