@@ -15,6 +15,7 @@ def test_defaults_are_the_papers_webvision_values():
     assert (cfg.stage1.ema_epochs, cfg.stage2.ema_epochs, cfg.stage3.ema_epochs) == (0, 5, 0)
     assert load_config(preset="tiny").stage2.ema_epochs == 0
     assert (cfg.stage1.ema_max_share, cfg.stage2.ema_max_share) == (0.05, 0.05)  # D24
+    assert cfg.method.logit_adjust == 1.0  # D26: the web labels' class prior out of cleaning's scores
     # D23: the window is resolved per run from the selecting split; a number overrides it
     assert cfg.train.select_window is None and load_config(overrides=["train.select_window=5"]).train.select_window == 5
 

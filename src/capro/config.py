@@ -219,12 +219,12 @@ class MethodConfig:
     those epochs is best goes on to the end of stage 2. When the lead is a close call on held-out
     rows scored against web labels, the first rule goes on. 0: a full stage 2 per rule (the
     choice as first built, about twice the price)."""
-    logit_adjust: float = 0.0
-    """Single-label cleaning (online and offline) scores the classifier's share as
+    logit_adjust: float = 1.0
+    """D26: single-label cleaning (online and offline) scores the classifier's share as
     ``softmax(logits - tau log prior)``, the prior being each class's share of the web labels and
-    tau this value: small classes are then not judged against the large ones' head start (a
-    uniform prior changes nothing). 0: off, the paper (see BENCHMARKS.md, "Pretrained start",
-    ``uneven``)."""
+    tau this value, so small classes are not judged against the large ones' head start; with
+    classes of equal size it changes nothing. 0: the paper's scores (chosen on validation seeds
+    100 and 101, docs/decisions.md)."""
     protect_anchors: bool = True
     """Online cleaning never removes or relabels anchors."""
     prototypes: str = "anchors"
