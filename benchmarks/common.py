@@ -46,7 +46,8 @@ D22's weight average (what the average alone gives plain training). ``capro-ft-s
 (the kNN graph and anchors come from the starting weights' features, stage 2 gets its epochs):
 for a pretrained start; ``capro-ft-s0-late`` also starts the prototypes and cleaning as many
 epochs later as stage 1 had. ``capro-ft-la`` cleans with the web labels' class prior taken out
-of the classifier's scores (``method.logit_adjust=1``)."""
+of the classifier's scores (``method.logit_adjust=1``, D26; the default since, so today the same
+run as ``capro-ft``)."""
 
 DERIVED_ROWS: dict[str, str] = {"ce-best": "ce"}
 """Rows read off another row's run: ``ce-best`` is ``ce`` at its best-validation epoch."""
@@ -206,6 +207,8 @@ def common_overrides(size: Size, seed: int) -> list[str]:
 def row_specific_overrides(row: str, size: Size) -> list[str]:
     """What makes ``row`` differ from the others; ``cleanlab`` trains every model as ``ce``."""
     ce = [*_one_stage(size), "method.bootstrap=none", "stage1.w_inst=0", "stage1.w_recn=0"]
+    # stage 1 skipped: graph and anchors from the starting (pretrained) weights' features
+    skip1 = ["stage1.epochs=0", f"stage2.epochs={size.e1 + size.e2}", f"stage3.epochs={size.e3}"]
     table = {
         "ce": ce,
         "cleanlab": ce,
@@ -218,10 +221,9 @@ def row_specific_overrides(row: str, size: Size) -> list[str]:
         "capro-no-enhance": [*_two_stage(size), "graph.enhance=false"],
         "capro": _two_stage(size),
         "capro-ft": _two_stage(size, finetune=True),
-        # stage 1 skipped: graph and anchors from the starting (pretrained) weights' features
-        "capro-ft-s0": ["stage1.epochs=0", f"stage2.epochs={size.e1 + size.e2}", f"stage3.epochs={size.e3}"],
-        "capro-ft-s0-late": ["stage1.epochs=0", f"stage2.epochs={size.e1 + size.e2}", f"stage3.epochs={size.e3}",
-                             f"stage2.start_clean_epoch={size.e1 + 1}", f"stage2.init_proto_epoch={size.e1 + 1}"],
+        "capro-ft-s0": skip1,
+        "capro-ft-s0-late": [*skip1, f"stage2.start_clean_epoch={size.e1 + 1}", f"stage2.init_proto_epoch={size.e1 + 1}"],
+        # D26 named (the default since it was chosen with this row): what its validation runs set
         "capro-ft-la": [*_two_stage(size, finetune=True), "method.logit_adjust=1"],
         # offline cleaning and the fine-tune from stage 2's best-validation epoch
         "capro-ft-s2best": [*_two_stage(size, finetune=True), "clean.stage2_checkpoint=best"],

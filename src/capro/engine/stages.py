@@ -120,13 +120,15 @@ class RunContext:
         """[N] int64 web labels (multi-label [N, C] float32 multi-hot)."""
         return label_targets(self.train.records, self.num_classes, multi_label=self.multi_label)
 
-    def cleaning_log_prior(self) -> torch.Tensor | None:
-        """[C] ``method.logit_adjust`` times the log of the web labels' class shares, which
-        single-label cleaning takes out of the classifier's scores; None when off or multi-label."""
+    def cleaning_log_prior(self, web: np.ndarray | None = None) -> torch.Tensor | None:
+        """[C] ``method.logit_adjust`` times the log of the web labels' class shares (``web``: the
+        caller's :meth:`web_targets`, read here when not given), which single-label cleaning takes
+        out of the classifier's scores; None when off or multi-label."""
         tau = self.cfg.method.logit_adjust
         if self.multi_label or not tau:
             return None
-        return class_log_prior(torch.from_numpy(self.web_targets()), self.num_classes, tau=tau).to(self.dist.device)
+        web = self.web_targets() if web is None else web
+        return class_log_prior(torch.from_numpy(web), self.num_classes, tau=tau).to(self.dist.device)
 
     def stored_images(self, records: list | None = None) -> StoredImages:
         """The decoded images of the training split (or of ``records``), built once per run."""
@@ -315,11 +317,11 @@ def train_stage(ctx: RunContext, name: str, st: StageConfig, *, model: CAPro, da
     optimizer = torch.optim.SGD(param_groups(named, backbone_scale=st.backbone_lr), lr=st.lr,
                                 momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if ctx.amp == torch.float16 else None
+    web = ctx.web_targets()
     if ctx.multi_label:
-        web = ctx.web_targets()
         model.set_class_weights(pos_weights(web.sum(axis=0), len(web)))
-    cleaning = CleaningState.fresh(ctx.web_targets())
-    log_prior = ctx.cleaning_log_prior()
+    cleaning = CleaningState.fresh(web)
+    log_prior = ctx.cleaning_log_prior(web)
     stats, start_epoch, start_step, global_step, elapsed = EpochStats(), 0, 0, 0, 0.0
     log = EpochLog(stage_dir, enabled=ctx.is_main)
     bad = ctx.bad_image_log(name)
